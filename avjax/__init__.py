@@ -1,0 +1,1 @@
+"""avjax: JAX/Flax audio-visual generative models (SpecVQGAN, Sound2Sight, MCAV)."""

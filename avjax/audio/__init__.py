@@ -1,0 +1,1 @@
+"""Audio ops: SpecVQGAN log-mel spectrograms, their inverse, waveform I/O."""

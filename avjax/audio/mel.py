@@ -1,0 +1,97 @@
+"""SpecVQGAN's log-mel spectrogram, computed exactly as the official pipeline does.
+
+The official chain (`feature_extraction/extract_mel_spectrogram.py`): 22050 Hz mono
+audio zero-padded/trimmed to 220500 samples, |STFT| (n_fft 1024, hop 256, Hann,
+centre, reflect padding as in librosa 0.8), an 80-band Slaney mel basis over
+125-7600 Hz, then `clip((20 log10(max(m, 1e-5)) + 80) / 100, 0, 1)`, first 860 frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import librosa
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class MelSpec:
+    """Parameters of the SpecVQGAN log-mel transform (the paper's defaults)."""
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 80
+    fmin: float = 125.0
+    fmax: float = 7600.0
+    clip_seconds: float = 10.0
+    num_frames: int = 860
+    pad_mode: str = "reflect"
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+
+DEFAULT = MelSpec()
+
+
+@functools.lru_cache(maxsize=8)
+def mel_basis(spec: MelSpec = DEFAULT) -> np.ndarray:
+    """Slaney-normalised mel filterbank, [n_mels, n_fft // 2 + 1] float32."""
+    return librosa.filters.mel(
+        sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, fmin=spec.fmin, fmax=spec.fmax
+    ).astype(np.float32)
+
+
+def fit_length(wave: np.ndarray, num_samples: int, mode: str = "pad") -> np.ndarray:
+    """Trims `wave` [N] to `num_samples`, or extends it by zero-padding or looping."""
+    wave = np.asarray(wave, np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"expected a mono waveform [N], got shape {wave.shape}")
+    if len(wave) >= num_samples:
+        return wave[:num_samples]
+    if len(wave) == 0:
+        raise ValueError("cannot fit an empty waveform")
+    if mode == "loop":
+        reps = -(-num_samples // len(wave))
+        return np.tile(wave, reps)[:num_samples]
+    if mode == "pad":
+        return np.pad(wave, (0, num_samples - len(wave)))
+    raise ValueError(f"unknown fit mode {mode!r}; expected 'pad' or 'loop'")
+
+
+def amplitude_to_unit(mel_amp: np.ndarray) -> np.ndarray:
+    """Mel magnitudes -> SpecVQGAN's [0, 1] log scale (floor -100 dB, ceiling 0 dB)."""
+    db = 20.0 * np.log10(np.maximum(mel_amp, 1e-5))
+    return np.clip((db + 80.0) / 100.0, 0.0, 1.0).astype(np.float32)
+
+
+def unit_to_amplitude(mel01: np.ndarray) -> np.ndarray:
+    """Inverse of `amplitude_to_unit` (exact inside the unclipped range)."""
+    db = np.asarray(mel01, np.float32) * 100.0 - 80.0
+    return np.power(10.0, db / 20.0).astype(np.float32)
+
+
+def log_mel_spectrogram(wave: np.ndarray, spec: MelSpec = DEFAULT, fit: bool = True) -> np.ndarray:
+    """SpecVQGAN log-mel of a mono waveform at `spec.sample_rate`.
+
+    Args:
+      wave: [N] float waveform in [-1, 1].
+      spec: transform parameters.
+      fit: zero-pad/trim to `spec.num_samples` and keep `spec.num_frames` frames first,
+        as the official extractor does (set False for arbitrary-length audio).
+
+    Returns:
+      [n_mels, T] float32 in [0, 1]; row 0 is the lowest band. T = 860 with `fit`.
+    """
+    wave = np.asarray(wave, np.float32)
+    if fit:
+        wave = fit_length(wave, spec.num_samples, "pad")
+    stft = librosa.stft(
+        wave, n_fft=spec.n_fft, hop_length=spec.hop_length, center=True, pad_mode=spec.pad_mode
+    )
+    mel = mel_basis(spec) @ np.abs(stft)
+    out = amplitude_to_unit(mel)
+    return out[:, : spec.num_frames] if fit else out

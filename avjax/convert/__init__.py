@@ -1,0 +1,1 @@
+"""Import of official PyTorch checkpoints into Flax params."""

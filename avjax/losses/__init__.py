@@ -1,0 +1,1 @@
+"""Losses: GAN terms, adaptive weight, LPAPS."""

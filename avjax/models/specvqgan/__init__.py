@@ -1,0 +1,1 @@
+"""SpecVQGAN: spectrogram VQGAN, patch discriminator, spectrogram classifiers."""

@@ -1,0 +1,1 @@
+"""Mesh and sharding, train state, checkpoints, metric writing, the generic loop."""

@@ -1,0 +1,1 @@
+"""Input pipelines, dataset builders and preprocessing for avjax."""

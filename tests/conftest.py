@@ -1,0 +1,43 @@
+"""Test setup: 8 fake CPU devices, a persistent compilation cache, parsed absl flags.
+
+Environment variables must be set before JAX is imported anywhere, hence module level.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+jax.config.update("jax_compilation_cache_dir", str(REPO / ".jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+# Grain reads absl flags; pytest never parses them.
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """Root of ../shared/data (real VAS clips, MNIST); skips when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (only present in the dev workspace)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def vas_samples(shared_data) -> pathlib.Path:
+    root = shared_data / "vas_samples"
+    if not root.is_dir():
+        pytest.skip(f"VAS samples not found at {root}")
+    return root
