@@ -31,7 +31,9 @@ if not flags.FLAGS.is_parsed():
 def shared_data() -> pathlib.Path:
     """Root of ../shared/data (real VAS clips, MNIST); skips when absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real sample data not found at {SHARED_DATA} (only present in the dev workspace)")
+        pytest.skip(
+            f"real sample data not found at {SHARED_DATA} (only present in the dev workspace)"
+        )
     return SHARED_DATA
 
 

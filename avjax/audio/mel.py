@@ -31,7 +31,7 @@ class MelSpec:
 
     @property
     def num_samples(self) -> int:
-        return int(round(self.clip_seconds * self.sample_rate))
+        return round(self.clip_seconds * self.sample_rate)
 
 
 DEFAULT = MelSpec()
@@ -95,3 +95,41 @@ def log_mel_spectrogram(wave: np.ndarray, spec: MelSpec = DEFAULT, fit: bool = T
     mel = mel_basis(spec) @ np.abs(stft)
     out = amplitude_to_unit(mel)
     return out[:, : spec.num_frames] if fit else out
+
+
+@functools.lru_cache(maxsize=8)
+def _hann_window(n_fft: int) -> np.ndarray:
+    """Periodic Hann window, librosa's `get_window("hann", n_fft, fftbins=True)`."""
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+def log_mel_spectrogram_jax(wave, spec: MelSpec = DEFAULT):
+    """Jittable SpecVQGAN log-mel of a batch of waves, equal to `log_mel_spectrogram(fit=False)`.
+
+    Framed STFT via `jnp.fft.rfft`: centre padding of n_fft // 2 with `spec.pad_mode`, periodic
+    Hann window, |STFT|, the same mel basis and [0, 1] log scale. No length fitting or frame
+    trimming: pad the input to `spec.num_samples` and keep `[..., :spec.num_frames]` to get
+    the official 860-frame features.
+
+    Args:
+      wave: [B, N] float waveforms (N > n_fft // 2 for reflect padding).
+      spec: transform parameters (static).
+
+    Returns:
+      [B, n_mels, 1 + N // hop_length] float32 in [0, 1].
+    """
+    import jax.numpy as jnp  # local: keeps numpy-only users (data workers) free of JAX
+
+    wave = jnp.asarray(wave, jnp.float32)
+    if wave.ndim != 2:
+        raise ValueError(f"expected waves [B, N], got shape {wave.shape}")
+    n_fft, hop = spec.n_fft, spec.hop_length
+    mode = {"reflect": "reflect", "constant": "constant", "edge": "edge"}[spec.pad_mode]
+    padded = jnp.pad(wave, ((0, 0), (n_fft // 2, n_fft // 2)), mode=mode)
+    num_frames = 1 + wave.shape[1] // hop
+    index = np.arange(num_frames)[:, None] * hop + np.arange(n_fft)[None, :]
+    frames = padded[:, index] * _hann_window(n_fft)  # [B, T, n_fft]
+    mag = jnp.abs(jnp.fft.rfft(frames, axis=-1))  # [B, T, n_fft // 2 + 1]
+    mel = jnp.einsum("mf,btf->bmt", mel_basis(spec), mag)
+    db = 20.0 * jnp.log10(jnp.maximum(mel, 1e-5))
+    return jnp.clip((db + 80.0) / 100.0, 0.0, 1.0)

@@ -1,0 +1,47 @@
+# Two commands on a fresh machine with Python 3.11 and pip:
+#   make demo   # trains the tiny SpecVQGAN codebook on embedded synthetic data, resumes, decodes
+#   make test   # the whole test suite (8 fake CPU devices)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := workdirs/demo_specvqgan_tiny
+
+.PHONY: demo test lint format venv clean bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	@echo "== 1/3 train 20 steps (checkpoints at 10 and 20)"
+	$(PY) launch/train.py --config configs/specvqgan_vggsound.py:tiny --workdir $(DEMO)
+	@echo "== 2/3 resume from step 20 and continue to 40"
+	$(PY) launch/train.py --config configs/specvqgan_vggsound.py:tiny --workdir $(DEMO) \
+	    --config.train.num_steps=40
+	@echo "== 3/3 encode a clip to codes and decode it back (wav + png)"
+	$(PY) launch/codec.py --workdir $(DEMO) --out $(DEMO)/codec \
+	    --input $$($(PY) -c 'from data_pipelines.inputs import demo_clip; print(demo_clip())')
+	@echo "demo run: $(DEMO) (tensorboard --logdir $(DEMO)/tensorboard)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	$(PY) benchmarks/specvqgan_codebook.py --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) .jax_cache workdirs

@@ -1,0 +1,108 @@
+"""Orbax checkpoints of the train state together with the Grain iterator state.
+
+One step directory holds both items, so a resumed run continues with exactly the
+batches and RNG an uninterrupted run would have seen. Restore walks steps newest to
+oldest: a damaged latest step (Orbax does not fall back by itself) is reported and
+the previous good one used.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class Checkpointer:
+    """Periodic async saves with keep-N, and restore of the latest good step."""
+
+    def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int, async_save=True):
+        self.directory = pathlib.Path(directory).absolute()
+        self.every = every
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+            ),
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def maybe_save(self, step: int, state, data_iter=None, *, force: bool = False) -> bool:
+        """Saves `state` (and the iterator) at `step` if due; returns whether it saved."""
+        if not force and (step % self.every or step in self._manager.all_steps()):
+            return False
+        if step in self._manager.all_steps():
+            return False
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        return True
+
+    def restore_latest(self, abstract_state, data_iter=None) -> tuple[Any, int] | None:
+        """Restores the newest readable step into `abstract_state`'s shapes and shardings.
+
+        Args:
+          abstract_state: pytree of `jax.ShapeDtypeStruct` with `.sharding` set.
+          data_iter: a Grain iterator whose position is restored in place.
+
+        Returns:
+          `(state, step)`, or None when the directory holds no checkpoint.
+        """
+        for step in reversed(self.steps()):
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            if data_iter is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            except Exception as e:
+                logging.warning(
+                    "checkpoint step %d in %s is unreadable (%s: %s); trying an older step",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:300] if str(e) else "",
+                )
+                continue
+            return restored["state"], step
+        if self.steps():
+            raise RuntimeError(
+                f"no readable checkpoint in {self.directory} (steps {self.steps()} all failed); "
+                "move the directory aside to start from scratch"
+            )
+        return None
+
+    def wait(self):
+        self._manager.wait_until_finished()
+
+    def close(self):
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_with_shardings(abstract_state, shardings):
+    """Attaches shardings to a pytree of ShapeDtypeStructs (restore targets)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
+    )
+
+
+def restore_params(workdir: str | pathlib.Path, step: int | None = None) -> dict:
+    """Host (numpy) `params` of a run's latest (or given) checkpoint, without a target tree."""
+    directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoints/ folder in {workdir}: is it an avjax workdir?")
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint steps in {directory}")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]["params"]

@@ -1,0 +1,55 @@
+"""One task per model family; `make_task` maps `config.task` to it (explicitly, no registry)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+
+def load_vggishish_backbone(path: str | pathlib.Path) -> dict:
+    """VGGish-ish conv parameters ({"features_i": ...}) for a trained LPAPS backbone.
+
+    `path` is an avjax classifier workdir (its latest checkpoint is read) or an official
+    PyTorch checkpoint (`vggishish16.pt`; reading it needs the optional `torch` extra).
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        from avjax.train.checkpoint import restore_params
+
+        params = restore_params(path)
+    elif path.suffix in (".pt", ".pth", ".ckpt"):
+        from avjax.convert import torch_io
+        from avjax.convert.vggishish import vggishish_from_torch
+
+        params = vggishish_from_torch(torch_io.load_state_dict(path))
+    else:
+        raise ValueError(
+            f"config.loss.lpaps_backbone: {path} is neither an avjax classifier workdir nor a "
+            "PyTorch checkpoint (.pt); use 'random' for the released models' frozen random backbone"
+        )
+    feats = {k: v for k, v in params.items() if k.startswith("features_")}
+    if not feats:
+        raise ValueError(f"config.loss.lpaps_backbone: no VGGish-ish conv parameters in {path}")
+    return feats
+
+
+def make_task(config, mel_stats: dict[str, np.ndarray]):
+    """Builds the task named by `config.task` ('vqgan' or 'classifier').
+
+    Args:
+      config: the experiment config.
+      mel_stats: per-mel-bin {"mean", "std"} of [0, 1] training spectrograms, [F] each.
+    """
+    if config.task == "vqgan":
+        from avjax.train.tasks.vqgan import VQGANTask
+
+        stats = {"shift": 2 * mel_stats["mean"] - 1, "scale": 2 * mel_stats["std"]}
+        backbone = config.loss.lpaps_backbone
+        backbone = None if backbone == "random" else load_vggishish_backbone(backbone)
+        return VQGANTask.from_config(config, stats, backbone)
+    if config.task == "classifier":
+        from avjax.train.tasks.classifier import ClassifierTask
+
+        return ClassifierTask.from_config(config, mel_stats)
+    raise ValueError(f"config.task: unknown task {config.task!r}; expected 'vqgan' or 'classifier'")

@@ -1,0 +1,107 @@
+"""Metric writing: TensorBoard event files (no TensorFlow needed) and a console line.
+
+Only process 0 writes; the others get a writer whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+
+class MetricWriter:
+    """Scalars, images and audio to `WORKDIR/tensorboard`, plus `metrics.jsonl`."""
+
+    def __init__(self, workdir: str | pathlib.Path, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.workdir = pathlib.Path(workdir)
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), flush_secs=10)
+            self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+
+    def scalars(self, step: int, metrics: Mapping[str, float]):
+        if not self.enabled:
+            return
+        for k, v in metrics.items():
+            self._tb.add_scalar(k, float(v), step)
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+
+    def image(self, step: int, tag: str, image: np.ndarray):
+        """`image`: [H, W] or [H, W, C] floats in [0, 1] or uint8."""
+        if self.enabled:
+            image = np.asarray(image)
+            self._tb.add_image(
+                tag, image if image.ndim == 3 else image[..., None], step, dataformats="HWC"
+            )
+
+    def audio(self, step: int, tag: str, wave: np.ndarray, sample_rate: int):
+        if self.enabled:
+            self._tb.add_audio(tag, np.clip(np.asarray(wave, np.float32), -1, 1), step, sample_rate)
+
+    def text(self, step: int, tag: str, text: str):
+        if self.enabled:
+            self._tb.add_text(tag, text, step)
+
+    def flush(self):
+        if self.enabled:
+            self._tb.flush()
+
+    def close(self):
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+
+
+class Progress:
+    """Console progress line: step, steps/s, ETA, and the given metrics."""
+
+    def __init__(self, total_steps: int, start_step: int):
+        self.total = total_steps
+        self._t0 = time.perf_counter()
+        self._s0 = start_step
+
+    def steps_per_sec(self, step: int) -> float:
+        dt = time.perf_counter() - self._t0
+        return (step - self._s0) / dt if dt > 0 and step > self._s0 else 0.0
+
+    def reset(self, step: int):
+        """Restarts the rate window (e.g. after the first step's compile)."""
+        self._t0, self._s0 = time.perf_counter(), step
+
+    def log(self, step: int, metrics: Mapping[str, float]):
+        rate = self.steps_per_sec(step)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        shown = "  ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(metrics.items()))
+        logging.info("step %d/%d  %.2f steps/s  eta %.0fs  %s", step, self.total, rate, eta, shown)
+
+
+def mel_image(mel: np.ndarray) -> np.ndarray:
+    """[F, T] spectrogram in [-1, 1] -> [F, T] image in [0, 1], low frequencies at the bottom."""
+    return np.clip((np.asarray(mel, np.float32)[::-1] + 1.0) / 2.0, 0.0, 1.0)
+
+
+def parameter_overview(params) -> str:
+    """A table of parameter paths, shapes and counts, with the total."""
+    rows, total = [], 0
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        n = int(np.prod(x.shape))
+        total += n
+        rows.append(f"| {name} | {tuple(x.shape)} | {n:,} |")
+    head = ["| name | shape | size |", "|---|---|---|"]
+    return "\n".join([*head, *rows, f"| **total** | | **{total:,}** |"])
+
+
+def count_params(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

@@ -1,0 +1,78 @@
+"""Encodes a clip with a trained codebook into code indices and decodes it back.
+
+  python launch/codec.py --workdir workdirs/codebook --input clip.mp4 --out out/
+
+Input: a video or audio file (its audio is looped to 10 s at 22050 Hz, as the official
+preprocessing does) or a `*_mel.npy` spectrogram [80, T] in [0, 1]. Writes to --out:
+`<stem>_codes.npy` (int16 [f, t]), `<stem>_mel.png` (input above, reconstruction
+below, low frequencies at the bottom), `<stem>_reconstruction.wav` (Griffin-Lim, or the
+MelGAN vocoder once one is given), and prints the reconstruction error and bitrate.
+"""
+
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from absl import app, flags
+
+from avjax import images
+from avjax.audio import griffin_lim, io
+from avjax.audio import mel as mel_lib
+from avjax.models.specvqgan.codec import Codec
+from launch import common
+
+flags.DEFINE_string("workdir", None, "codebook training run (config.json + checkpoints/)")
+flags.DEFINE_string("input", None, "video/audio file or *_mel.npy spectrogram")
+flags.DEFINE_string("out", None, "output directory")
+flags.mark_flags_as_required(["workdir", "input", "out"])
+FLAGS = flags.FLAGS
+
+
+def load_mel(path: pathlib.Path) -> np.ndarray:
+    """[80, 860] (or [80, T] for a .npy) log-mel in [0, 1] from any supported input."""
+    if path.suffix == ".npy":
+        mel = np.load(path, allow_pickle=False)
+        if mel.ndim != 2 or mel.shape[0] != mel_lib.DEFAULT.n_mels:
+            raise ValueError(f"{path}: expected a mel spectrogram [80, T], got shape {mel.shape}")
+        if not np.isfinite(mel).all():
+            raise ValueError(f"{path}: spectrogram contains NaN or inf")
+        return mel.astype(np.float32)
+    wave = io.load_audio(path, mel_lib.DEFAULT.sample_rate)
+    wave = mel_lib.fit_length(wave, mel_lib.DEFAULT.num_samples, "loop")
+    return mel_lib.log_mel_spectrogram(wave)
+
+
+def main(argv):
+    del argv
+    common.setup_jax()
+    src, out = pathlib.Path(FLAGS.input), pathlib.Path(FLAGS.out)
+    codec = Codec.from_workdir(FLAGS.workdir)
+    mel = codec.crop(load_mel(src))
+    codes = codec.encode(mel)
+    rec = codec.decode(codes)
+    stem = src.stem.removesuffix("_mel")
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{stem}_codes.npy", codes.astype(np.int16))
+    images.save_png(
+        out / f"{stem}_mel.png", np.concatenate([mel[::-1], rec[::-1]], axis=0), scale=2
+    )
+    wave = griffin_lim.mel_to_wave(rec)
+    io.write_wav(out / f"{stem}_reconstruction.wav", wave, mel_lib.DEFAULT.sample_rate)
+    report = {
+        "input": str(src),
+        "codes_shape": list(codes.shape),
+        "codebook_size": codec.n_embed,
+        "bitrate_bps": round(codec.bitrate(codes, mel.shape[1]), 1),
+        "mel_l1": float(np.mean(np.abs(mel - rec))),
+        "mel_db_l1": float(np.mean(np.abs(mel - rec)) * 100.0),
+    }
+    (out / f"{stem}_report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {out.resolve()}/{stem}_{{codes.npy,mel.png,reconstruction.wav,report.json}}")
+
+
+if __name__ == "__main__":
+    app.run(main)

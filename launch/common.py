@@ -1,0 +1,31 @@
+"""Shared launcher set-up: JAX platform, compilation cache, multi-host init, default paths."""
+
+import os
+import pathlib
+
+import jax
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def setup_jax(multihost: bool = False):
+    """Multi-host init first, then the persistent compilation cache ($AVJAX_JAX_CACHE)."""
+    if multihost:
+        jax.distributed.initialize()
+    cache = os.environ.get("AVJAX_JAX_CACHE", str(REPO / ".jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def default_workdir(argv) -> pathlib.Path:
+    """workdirs/<config file stem>[_<arg>] for a --config=path[:arg] in argv."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        else:
+            continue
+        path, _, arg = spec.partition(":")
+        return REPO / "workdirs" / (pathlib.Path(path).stem + (f"_{arg}" if arg else ""))
+    return REPO / "workdirs" / "run"
