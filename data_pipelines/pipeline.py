@@ -29,7 +29,6 @@ __all__ = [
     "CenterCrop",
     "RandomCrop",
     "center_crop",
-    "global_batch_from_local",
     "make_spec_dataset",
     "make_spec_iterator",
 ]
@@ -207,23 +206,3 @@ def make_spec_iterator(source: _MelSource, **kwargs) -> grain.DatasetIterator:
     `data=grain.checkpoint.CheckpointRestore(it)` inside `ocp.args.Composite`.
     """
     return iter(make_spec_dataset(source, **kwargs))
-
-
-def global_batch_from_local(batch: Any, sharding: Any) -> Any:
-    """Assembles process-local batches into global jax.Arrays (leading axis sharded).
-
-    Args:
-      batch: pytree of [B_local, ...] numpy arrays (this process's slice of the global batch).
-      sharding: a `jax.sharding.Sharding` for every leaf (e.g. `NamedSharding(mesh,
-        P("data"))`), or a pytree of shardings matching `batch`.
-
-    Returns:
-      The same pytree of global `jax.Array`s of shape [B_local * process_count, ...].
-    """
-    if isinstance(sharding, jax.sharding.Sharding):
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
-        )
-    return jax.tree.map(
-        lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch, sharding
-    )

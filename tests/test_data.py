@@ -10,7 +10,6 @@ import pickle
 import sys
 
 import grain
-import jax
 import numpy as np
 import pytest
 
@@ -466,10 +465,11 @@ def test_pipeline_resume_state_and_orbax(tmp_path):
 
 
 def test_global_batch_from_local():
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    from avjax.train import sharding as shd
+
+    mesh = shd.make_mesh([("data", -1), ("fsdp", 1)])
     batch = next(pipeline.make_spec_iterator(IndexSource(16), global_batch_size=8, seed=0, **_ONE))
-    out = pipeline.global_batch_from_local(batch, sharding)
-    assert out["image"].shape == (8, 80, 848) and out["image"].sharding == sharding
+    out = shd.global_batch(batch, mesh)
+    assert out["image"].shape == (8, 80, 848) and out["image"].sharding == shd.batch_sharding(mesh)
     assert len(out["label"].addressable_shards) == 8
     np.testing.assert_array_equal(np.asarray(out["label"]), batch["label"])

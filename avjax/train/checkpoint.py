@@ -106,3 +106,18 @@ def restore_params(workdir: str | pathlib.Path, step: int | None = None) -> dict
             raise FileNotFoundError(f"no checkpoint steps in {directory}")
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return restored["state"]["params"]
+
+
+def save_imported(workdir: str | pathlib.Path, config_json: str, state: dict, step: int = 0):
+    """Writes imported weights as an avjax run (config.json + checkpoints/<step>/state).
+
+    The result serves inference (`launch/codec.py`) and `restore_params`; it has no
+    optimizer state, so training does not resume from it.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config_json)
+    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        manager.wait_until_finished()
+    return workdir

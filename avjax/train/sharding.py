@@ -29,7 +29,7 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
     if -1 in sizes:
         if len(devices) % known:
             raise ValueError(
-                f"config.mesh: {len(devices)} devices do not divide into the fixed axes {list(axes)}"
+                f"config.mesh: {len(devices)} devices do not fit the fixed axes {list(axes)}"
             )
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):

@@ -1,0 +1,90 @@
+"""Imports official SpecVQGAN PyTorch weights as an avjax run directory.
+
+  python launch/convert_checkpoint.py --kind codebook --torch vggsound_codebook.ckpt --out W
+  python launch/convert_checkpoint.py --kind vggishish --torch vggishish16.pt --out W
+
+--torch reads `.pt`/`.ckpt` (needs `pip install -e '.[torch]'`) or a numpy `.npz` of the
+same state dict. The codebook architecture defaults to the paper's (VGGSound or VAS, from
+the codebook size); pass --config for another. W then works with `launch/codec.py`
+(codebook) or as `--config.loss.lpaps_backbone=W` (vggishish).
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from avjax.convert import torch_io
+from avjax.convert.specvqgan import vqgan_from_torch
+from avjax.convert.vggishish import lpaps_from_torch, vggishish_from_torch
+from avjax.train.checkpoint import save_imported
+from avjax.train.tasks import common as task_common
+from avjax.train.tasks.vqgan import model_from_config
+from configs import specvqgan_vas, specvqgan_vggsound, vggishish_vggsound
+
+flags.DEFINE_enum("kind", None, ["codebook", "vggishish"], "what the checkpoint holds")
+flags.DEFINE_string("torch", None, "official checkpoint (.pt/.ckpt) or .npz state dict")
+flags.DEFINE_string("out", None, "output run directory")
+config_flags.DEFINE_config_file("config", None, "architecture config (default: the paper's)")
+flags.mark_flags_as_required(["kind", "torch", "out"])
+FLAGS = flags.FLAGS
+
+
+def load(path: str) -> dict:
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    return torch_io.load_state_dict(path)
+
+
+def convert_codebook(sd: dict, config) -> dict:
+    if config is None:
+        key = next((k for k in sd if k.endswith("quantize.embedding.weight")), None)
+        if key is None:
+            raise ValueError(
+                f"{FLAGS.torch}: no quantize.embedding.weight; not a codebook checkpoint"
+            )
+        n_embed = sd[key].shape[0]
+        config = (specvqgan_vas if n_embed == 128 else specvqgan_vggsound).get_config()
+        config.model.n_embed = int(n_embed)
+    out = vqgan_from_torch(sd, model_from_config(config.model))
+    state = {"params": {"ae": out["ae"]}}
+    if out["disc"] is not None:
+        state["params"]["disc"] = out["disc"]["params"]
+        state["batch_stats"] = {"disc": out["disc"]["batch_stats"]}
+    if any(k.startswith("loss.perceptual_loss.") for k in sd):
+        layers = task_common.conv_layers(config.loss.lpaps_layers)
+        state["lpaps"] = lpaps_from_torch(sd, conv_layers=layers)
+    return config, state
+
+
+def main(argv):
+    del argv
+    sd = load(FLAGS.torch)
+    if FLAGS.kind == "codebook":
+        config, state = convert_codebook(sd, FLAGS.config)
+    else:
+        config = FLAGS.config or vggishish_vggsound.get_config()
+        m = config.model
+        params = vggishish_from_torch(
+            sd, task_common.conv_layers(m.conv_layers), num_classes=m.num_classes, hidden=m.hidden
+        )
+        state = {"params": params}
+    out = save_imported(FLAGS.out, config.to_json(indent=2), state)
+    print(f"wrote {out} ({FLAGS.kind}, {sum(np.size(x) for x in _leaves(state)):,} values)")
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _leaves(v)
+    else:
+        yield tree
+
+
+if __name__ == "__main__":
+    app.run(main)
