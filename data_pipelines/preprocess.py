@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import multiprocessing
 import os
 import pathlib
@@ -243,3 +244,31 @@ def _collect(results, summary: Summary, bar) -> None:
             summary.failed.append((path, error))
             bar.write(f"FAILED {path}: {error}")
         bar.update(1)
+
+
+def write_split_lists(out_dir: str | os.PathLike, valid_fraction: float = 0.1) -> dict[str, int]:
+    """Writes `vggsound_{train,valid}.txt` over every `*_mel.npy` in OUT/melspec_10s_22050hz.
+
+    The split is deterministic per clip (a hash of its id), so adding clips never moves old
+    ones between splits; with two or more clips, at least one lands in each split. Existing
+    lists are left alone. Returns the number of ids per split.
+    """
+    out = pathlib.Path(out_dir)
+    ids = sorted(
+        p.name.removesuffix("_mel.npy") for p in (out / "melspec_10s_22050hz").glob("*_mel.npy")
+    )
+    files = {s: out / f"vggsound_{s}.txt" for s in ("train", "valid")}
+    if all(f.exists() for f in files.values()) or not ids:
+        return {s: len(f.read_text().split()) if f.exists() else 0 for s, f in files.items()}
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    score = {i: int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 2**32 for i in ids}
+    valid = [i for i in ids if score[i] < valid_fraction]
+    if len(ids) >= 2 and valid_fraction > 0 and not valid:
+        valid = [min(ids, key=score.get)]
+    if len(valid) == len(ids):
+        valid = valid[:-1]
+    train = [i for i in ids if i not in set(valid)]
+    for split, lines in (("train", train), ("valid", valid)):
+        files[split].write_text("".join(f"{i}\n" for i in lines))
+    return {"train": len(train), "valid": len(valid)}

@@ -1,7 +1,8 @@
 """Videos -> SpecVQGAN log-mels: `python launch/preprocess.py --videos DIR --out DIR`.
 
 Writes `OUT/melspec_10s_22050hz/<stem>_mel.npy` [80, 860] and `<stem>_audio.npy` [220500]
-for every media file under `--videos` (recursive). See `data_pipelines/preprocess.py`.
+for every media file under `--videos` (recursive), plus `OUT/vggsound_{train,valid}.txt`
+split lists (unless present), so `--config.data.dir=OUT` trains on it directly.
 """
 
 import pathlib
@@ -24,6 +25,9 @@ _MODE = flags.DEFINE_enum(
     "official: re-run SpecVQGAN's AAC re-encode/loop chain; fast: s16 decode + loop.",
 )
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Worker processes (1: in-process).")
+_VALID = flags.DEFINE_float(
+    "valid_fraction", 0.1, "Share of clips listed in vggsound_valid.txt (the rest: train)."
+)
 flags.mark_flags_as_required(["videos", "out"])
 
 
@@ -35,6 +39,8 @@ def main(argv):
         _VIDEOS.value, _OUT.value, mode=_MODE.value, num_workers=_NUM_WORKERS.value
     )
     print(summary)
+    counts = preprocess.write_split_lists(_OUT.value, _VALID.value)
+    print(f"split lists in {_OUT.value}: {counts}")
     return 1 if summary.failed else 0
 
 

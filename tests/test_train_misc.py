@@ -1,0 +1,69 @@
+"""VGGish-ish trained by the generic loop and reused as LPAPS backbone; NaN stop; split lists."""
+
+import jax
+import numpy as np
+import pytest
+
+from avjax.train import loop
+from avjax.train.tasks import load_vggishish_backbone, make_task
+from configs import specvqgan_vggsound, vggishish_vggsound
+from data_pipelines.inputs import make_inputs
+from data_pipelines.preprocess import write_split_lists
+
+
+def test_classifier_trains_and_serves_as_lpaps_backbone(tmp_path):
+    c = vggishish_vggsound.get_config("tiny")
+    c.train.num_steps, c.train.log_every, c.train.eval_every = 12, 4, 12
+    inputs = make_inputs(c)
+    last = loop.train(
+        c, tmp_path / "cls", make_task(c, inputs.mel_stats), inputs.train_iter, inputs.eval_iter_fn
+    )
+    assert last["step"] == 12 and np.isfinite(last["train/loss"])
+    assert 0.0 <= last["eval/accuracy"] <= 1.0
+
+    feats = load_vggishish_backbone(tmp_path / "cls")
+    assert sorted(feats) == ["features_0", "features_3", "features_6"]
+
+    v = specvqgan_vggsound.get_config("tiny")
+    v.loss.lpaps_backbone = str(tmp_path / "cls")
+    v.loss.lpaps_layers = c.model.conv_layers
+    task = make_task(v, inputs.mel_stats)
+    state = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    got = jax.jit(task.init)(jax.random.PRNGKey(0))["lpaps"]["params"]["net"]
+    assert jax.tree.map(lambda x: x.shape, got) == jax.tree.map(
+        lambda x: x.shape, state["lpaps"]["params"]["net"]
+    )
+    for a, b in zip(jax.tree.leaves(feats), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_classifier_needs_matching_num_classes():
+    c = vggishish_vggsound.get_config("tiny")
+    c.model.num_classes = 7
+    with pytest.raises(ValueError, match=r"config\.model\.num_classes=7 but the dataset"):
+        make_inputs(c)
+
+
+def test_non_finite_metric_stops_naming_metric_and_step():
+    loop._check_finite({"train/a": 1.0, "train/b": 2.0}, 3)
+    with pytest.raises(FloatingPointError, match=r"train/b=nan at step 7"):
+        loop._check_finite({"train/a": 1.0, "train/b": float("nan")}, 7)
+
+
+def test_bad_lpaps_backbone_path_is_named(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"config\.loss\.lpaps_backbone"):
+        load_vggishish_backbone(tmp_path / "weights.bin")
+
+
+def test_split_lists_for_preprocessed_folder(tmp_path):
+    mel_dir = tmp_path / "melspec_10s_22050hz"
+    mel_dir.mkdir()
+    for i in range(10):
+        np.save(mel_dir / f"clip{i}_mel.npy", np.zeros((80, 860), np.float32))
+    counts = write_split_lists(tmp_path, 0.1)
+    assert counts["train"] + counts["valid"] == 10 and counts["valid"] >= 1
+    train = (tmp_path / "vggsound_train.txt").read_text().split()
+    valid = (tmp_path / "vggsound_valid.txt").read_text().split()
+    assert not set(train) & set(valid)
+    assert write_split_lists(tmp_path, 0.5) == counts  # existing lists are kept
