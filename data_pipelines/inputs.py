@@ -65,13 +65,32 @@ class Inputs:
 
     train_iter: Iterator[dict]
     eval_iter_fn: Callable[[], Iterator[dict]] | None
-    mel_stats: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray]
     class_names: tuple[str, ...]
     data_dir: pathlib.Path
 
 
 def make_inputs(config) -> Inputs:
     """Opens the dataset named by `config.data` and builds the iterators for `config.task`."""
+    if config.task in ("vqgan", "classifier"):
+        return spectrogram_inputs(config)
+    if config.task == "transformer":
+        from data_pipelines import codes_inputs
+
+        return codes_inputs.make_inputs(config)
+    if config.task == "melgan":
+        from data_pipelines import wave_inputs
+
+        return wave_inputs.make_inputs(config)
+    if config.task == "sound2sight":
+        from data_pipelines import video_inputs
+
+        return video_inputs.make_inputs(config)
+    raise ValueError(f"config.task: no input pipeline for {config.task!r}")
+
+
+def spectrogram_inputs(config) -> Inputs:
+    """Log-mel clips (official VGGSound/VAS layouts) for the codebook and classifiers."""
     d = config.data
     data_dir = resolve_data_dir(config)
     opener = lambda split: spec_folders.open_spec_source(

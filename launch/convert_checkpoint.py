@@ -2,6 +2,9 @@
 
   python launch/convert_checkpoint.py --kind codebook --torch vggsound_codebook.ckpt --out W
   python launch/convert_checkpoint.py --kind vggishish --torch vggishish16.pt --out W
+  python launch/convert_checkpoint.py --kind transformer --torch vggsound_transformer.ckpt --out W
+  python launch/convert_checkpoint.py --kind melgan --torch melgan_vggsound.pt --out W
+  python launch/convert_checkpoint.py --kind melception --torch melception.pt --out W
 
 --torch reads `.pt`/`.ckpt` (needs `pip install -e '.[torch]'`) or a numpy `.npz` of the
 same state dict. The codebook architecture defaults to the paper's (VGGSound or VAS, from
@@ -13,6 +16,8 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import importlib
 
 import numpy as np
 from absl import app, flags
@@ -26,7 +31,17 @@ from avjax.train.tasks import common as task_common
 from avjax.train.tasks.vqgan import model_from_config
 from configs import specvqgan_vas, specvqgan_vggsound, vggishish_vggsound
 
-flags.DEFINE_enum("kind", None, ["codebook", "vggishish"], "what the checkpoint holds")
+# kind -> (default architecture config, converter `fn(state_dict, config) -> state`).
+CONVERTERS = {
+    "transformer": (
+        "configs.specvqgan_transformer_vggsound",
+        "avjax.convert.gpt:transformer_from_torch",
+    ),
+    "melgan": ("configs.melgan_vggsound", "avjax.convert.melgan:melgan_from_torch"),
+    "melception": ("configs.melception_vggsound", "avjax.convert.melception:melception_from_torch"),
+}
+
+flags.DEFINE_enum("kind", None, ["codebook", "vggishish", *CONVERTERS], "what the checkpoint holds")
 flags.DEFINE_string("torch", None, "official checkpoint (.pt/.ckpt) or .npz state dict")
 flags.DEFINE_string("out", None, "output run directory")
 config_flags.DEFINE_config_file("config", None, "architecture config (default: the paper's)")
@@ -67,6 +82,11 @@ def main(argv):
     sd = load(FLAGS.torch)
     if FLAGS.kind == "codebook":
         config, state = convert_codebook(sd, FLAGS.config)
+    elif FLAGS.kind in CONVERTERS:
+        config_module, fn = CONVERTERS[FLAGS.kind]
+        config = FLAGS.config or importlib.import_module(config_module).get_config()
+        module, name = fn.split(":")
+        state = getattr(importlib.import_module(module), name)(sd, config)
     else:
         config = FLAGS.config or vggishish_vggsound.get_config()
         m = config.model

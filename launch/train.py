@@ -34,7 +34,7 @@ def main(argv):
     config = FLAGS.config
     workdir = pathlib.Path(FLAGS.workdir or common.default_workdir(sys.argv))
     inputs = make_inputs(config)
-    task = make_task(config, inputs.mel_stats)
+    task = make_task(config, inputs.stats)
     last = loop.train(config, workdir, task, inputs.train_iter, inputs.eval_iter_fn)
     if jax.process_index() == 0:
         logging.info("final metrics: %s", last)

@@ -16,7 +16,7 @@ def test_classifier_trains_and_serves_as_lpaps_backbone(tmp_path):
     c.train.num_steps, c.train.log_every, c.train.eval_every = 12, 4, 12
     inputs = make_inputs(c)
     last = loop.train(
-        c, tmp_path / "cls", make_task(c, inputs.mel_stats), inputs.train_iter, inputs.eval_iter_fn
+        c, tmp_path / "cls", make_task(c, inputs.stats), inputs.train_iter, inputs.eval_iter_fn
     )
     assert last["step"] == 12 and np.isfinite(last["train/loss"])
     assert 0.0 <= last["eval/accuracy"] <= 1.0
@@ -27,7 +27,7 @@ def test_classifier_trains_and_serves_as_lpaps_backbone(tmp_path):
     v = specvqgan_vggsound.get_config("tiny")
     v.loss.lpaps_backbone = str(tmp_path / "cls")
     v.loss.lpaps_layers = c.model.conv_layers
-    task = make_task(v, inputs.mel_stats)
+    task = make_task(v, inputs.stats)
     state = jax.eval_shape(task.init, jax.random.PRNGKey(0))
     got = jax.jit(task.init)(jax.random.PRNGKey(0))["lpaps"]["params"]["net"]
     assert jax.tree.map(lambda x: x.shape, got) == jax.tree.map(

@@ -136,7 +136,7 @@ def _train(workdir, num_steps, **train):
         num_steps=num_steps, checkpoint_every=2, log_every=1, eval_every=0, sample_every=0, **train
     )
     inputs = make_inputs(c)
-    task = make_task(c, inputs.mel_stats)
+    task = make_task(c, inputs.stats)
     return loop.train(c, workdir, task, inputs.train_iter, inputs.eval_iter_fn)
 
 

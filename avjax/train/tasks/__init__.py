@@ -34,22 +34,39 @@ def load_vggishish_backbone(path: str | pathlib.Path) -> dict:
     return feats
 
 
-def make_task(config, mel_stats: dict[str, np.ndarray]):
-    """Builds the task named by `config.task` ('vqgan' or 'classifier').
+def make_task(config, stats: dict[str, np.ndarray]):
+    """Builds the task named by `config.task`.
 
     Args:
       config: the experiment config.
-      mel_stats: per-mel-bin {"mean", "std"} of [0, 1] training spectrograms, [F] each.
+      stats: dataset statistics from `data_pipelines.inputs.make_inputs` (task-specific;
+        for spectrogram tasks the per-mel-bin {"mean", "std"} of [0, 1] mels, [F] each).
     """
-    if config.task == "vqgan":
+    task = config.task
+    if task == "vqgan":
         from avjax.train.tasks.vqgan import VQGANTask
 
-        stats = {"shift": 2 * mel_stats["mean"] - 1, "scale": 2 * mel_stats["std"]}
+        lpaps_stats = {"shift": 2 * stats["mean"] - 1, "scale": 2 * stats["std"]}
         backbone = config.loss.lpaps_backbone
         backbone = None if backbone == "random" else load_vggishish_backbone(backbone)
-        return VQGANTask.from_config(config, stats, backbone)
-    if config.task == "classifier":
+        return VQGANTask.from_config(config, lpaps_stats, backbone)
+    if task == "classifier":
         from avjax.train.tasks.classifier import ClassifierTask
 
-        return ClassifierTask.from_config(config, mel_stats)
-    raise ValueError(f"config.task: unknown task {config.task!r}; expected 'vqgan' or 'classifier'")
+        return ClassifierTask.from_config(config, stats)
+    if task == "transformer":
+        from avjax.train.tasks.transformer import TransformerTask
+
+        return TransformerTask.from_config(config, stats)
+    if task == "melgan":
+        from avjax.train.tasks.melgan import MelGANTask
+
+        return MelGANTask.from_config(config, stats)
+    if task == "sound2sight":
+        from avjax.train.tasks.sound2sight import Sound2SightTask
+
+        return Sound2SightTask.from_config(config, stats)
+    raise ValueError(f"config.task: unknown task {task!r}; expected one of {TASKS}")
+
+
+TASKS = ("vqgan", "classifier", "transformer", "melgan", "sound2sight")

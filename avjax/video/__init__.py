@@ -1,0 +1,1 @@
+"""Video decoding/encoding helpers (PyAV) and frame-grid writers."""
