@@ -1,0 +1,1 @@
+"""Evaluation metrics: FID/MKL on Melception features, SSIM/PSNR on frames."""
