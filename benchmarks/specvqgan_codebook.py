@@ -12,6 +12,7 @@ per forward pass.
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import resource
@@ -56,6 +57,11 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--no_disc_recompute",
+        action="store_true",
+        help="feed the discriminator this step's reconstruction (config.loss.disc_recompute=False)",
+    )
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
@@ -63,6 +69,7 @@ def main():
     config.dtype = args.dtype
     config.data.global_batch_size = args.batch
     config.loss.disc_start = 0  # every term on, as after the discriminator starts
+    config.loss.disc_recompute = not args.no_disc_recompute
     f, t = config.data.num_mel_bins, config.data.crop_frames
     stats = {"shift": np.zeros(f, np.float32), "scale": np.ones(f, np.float32)}
     task = VQGANTask.from_config(config, stats)
@@ -72,6 +79,7 @@ def main():
         )
     }
 
+    load_before = round(os.getloadavg()[0], 2)
     state = jax.jit(task.init)(jax.random.PRNGKey(0))
     step = jax.jit(task.train_step, donate_argnums=0)
     t0 = time.perf_counter()
@@ -105,6 +113,9 @@ def main():
         "device": f"{dev.platform}:{dev.device_kind}",
         "num_devices": jax.device_count(),
         "host": platform.node(),
+        "disc_recompute": config.loss.disc_recompute,
+        # Other processes compete for the CPU when this is well above 0 (timings then inflate).
+        "load_average_1min_before": load_before,
         "compile_s": round(compile_s, 2),
         "step_s": round(step_s, 4),
         "steps_per_s": round(1.0 / step_s, 4),
@@ -119,7 +130,8 @@ def main():
         result["mfu"] = round(flops / step_s / 1e12 / peak, 4)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"specvqgan_codebook_{args.config}_b{args.batch}_{dev.platform}.json"
+    suffix = "" if config.loss.disc_recompute else "_reuse"
+    path = out / f"specvqgan_codebook_{args.config}_b{args.batch}{suffix}_{dev.platform}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

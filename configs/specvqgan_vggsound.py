@@ -66,6 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.disc_weight = 0.8
     c.loss.disc_factor = 1.0
     c.loss.disc_loss = "hinge"
+    # Official (Lightning): the discriminator step re-runs the autoencoder with the just
+    # updated weights. False feeds it this step's reconstruction instead: one 80x848
+    # forward less per step (~10% faster), the discriminator seeing a one-step-older x̂.
+    c.loss.disc_recompute = True
     c.loss.codebook_weight = 1.0
     c.loss.perceptual_weight = 1.0
     # Adaptive weight clamp; official min = max = 1.0 makes d_weight the constant 0.8.

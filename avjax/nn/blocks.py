@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avjax.nn import conv
+
 Dtype = Any
 Padding = str | tuple[tuple[int, int], tuple[int, int]]
 
@@ -68,6 +70,7 @@ def torch_conv(
         kernel_init=torch_kernel_init,
         bias_init=torch_bias_init(in_features * kernel_size * kernel_size),
         name=name,
+        conv_general_dilated=conv.conv_general_dilated,
     )
 
 

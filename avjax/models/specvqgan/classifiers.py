@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from avjax.nn.conv import conv_general_dilated
 from avjax.nn.pooling import adaptive_avg_pool2d
 
 VGGISHISH16_LAYERS: tuple[int | str, ...] = (
@@ -108,6 +109,7 @@ class VGGishish(nn.Module):
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"features_{idx}",
+                    conv_general_dilated=conv_general_dilated,
                 )(x)
             elif kind == "bn":
                 x = nn.BatchNorm(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from avjax.nn.blocks import torch_bias_init
+from avjax.nn.conv import conv_general_dilated
 
 Dtype = Any
 
@@ -59,6 +60,7 @@ class NLayerDiscriminator(nn.Module):
                 kernel_init=w_init,
                 bias_init=torch_bias_init(c_in * 16),
                 name=f"main_{idx}",
+                conv_general_dilated=conv_general_dilated,
                 **kw,
             )
 

@@ -4,7 +4,8 @@ The step follows the official two-optimizer Lightning loop (`VQLPAPSWithDiscrimi
 1. autoencoder update on `nll + d_weight * disc_factor * g + codebook_weight * qloss`,
    with `nll = mean|x - x̂| + perceptual_weight * LPAPS(x, x̂)` and `g = -mean D(x̂)`;
 2. discriminator update on `disc_factor * hinge(D(x), D(sg x̂'))`, where x̂' is recomputed
-   with the updated autoencoder (Lightning re-runs the forward per optimizer).
+   with the updated autoencoder (Lightning re-runs the forward per optimizer); with
+   `loss.disc_recompute=False` x̂' is the step's own reconstruction (one forward less).
 `disc_factor` is 0 before `loss.disc_start` as a traced value, so the discriminator
 switching on never recompiles the step. BatchNorm statistics of the discriminator are
 updated by each of its three forward passes, as in the official code; under `jit` with a
@@ -44,6 +45,7 @@ class LossWeights:
     min_adapt_weight: float = 1.0
     max_adapt_weight: float = 1.0
     disc_loss: str = "hinge"
+    disc_recompute: bool = True
 
 
 def model_from_config(m, dtype=jnp.float32) -> VQGAN:
@@ -115,6 +117,7 @@ class VQGANTask:
             min_adapt_weight=lw.min_adapt_weight,
             max_adapt_weight=lw.max_adapt_weight,
             disc_loss=lw.disc_loss,
+            disc_recompute=lw.get("disc_recompute", True),
         )
         lr = config.optim.base_lr * config.data.global_batch_size
         o = config.optim
@@ -224,16 +227,16 @@ class VQGANTask:
                 disc_factor=disc_factor,
                 perplexity=info["perplexity"],
             )
-            return loss, (aux, bstats)
+            return loss, (aux, (bstats, xrec))
 
-        (_, (metrics, bstats)), g_ae = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        (_, (metrics, (bstats, xrec))), g_ae = jax.value_and_grad(g_loss_fn, has_aux=True)(
             state["params"]["ae"]
         )
         upd, ae_opt = self.ae_tx.update(g_ae, state["opt_state"]["ae"], state["params"]["ae"])
         ae = optax.apply_updates(state["params"]["ae"], upd)
 
-        # Discriminator pass on a fresh reconstruction from the updated autoencoder.
-        xrec, _, _ = self.model.apply({"params": ae}, x, train=True, rngs={"dropout": r_drop})
+        if self.w.disc_recompute:  # a fresh reconstruction from the updated autoencoder
+            xrec, _, _ = self.model.apply({"params": ae}, x, train=True, rngs={"dropout": r_drop})
         xrec = jax.lax.stop_gradient(xrec)
 
         def d_loss_fn(dp):
