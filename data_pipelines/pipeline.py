@@ -29,6 +29,7 @@ __all__ = [
     "CenterCrop",
     "RandomCrop",
     "center_crop",
+    "make_dataset",
     "make_spec_dataset",
     "make_spec_iterator",
 ]
@@ -92,34 +93,31 @@ class RandomCrop(grain.transforms.RandomMap):
 
 
 class _PaddedEvalSource:
-    """`source` padded to `length` items; items carry "mask" (False for the fillers)."""
+    """`source` padded to `length` items with `filler`; items carry "mask" (False: filler)."""
 
-    def __init__(self, source: _MelSource, length: int, crop_frames: int, num_mels: int):
+    def __init__(self, source: _MelSource, length: int, filler: Mapping[str, Any]):
         self.source = source
         self.length = length
-        self.crop_frames = crop_frames
-        self.num_mels = num_mels
+        self.filler = dict(filler)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < len(self.source):
-            ex = self.source[index]
-            return {"mel": ex["mel"], "label": ex["label"], "mask": True}
-        filler = np.zeros((self.num_mels, self.crop_frames), np.float32)
-        return {"mel": filler, "label": -1, "mask": False}
+            return {**self.source[index], "mask": True}
+        return {**self.filler, "mask": False}
 
     def __repr__(self) -> str:
         return f"_PaddedEvalSource({self.source!r}, length={self.length})"
 
 
 class _KeepMask(grain.transforms.Map):
-    def __init__(self, crop: CenterCrop):
-        self.crop = crop
+    def __init__(self, transform: grain.transforms.Map):
+        self.transform = transform
 
     def map(self, element):
-        out = self.crop.map(element)
+        out = self.transform.map(element)
         out["mask"] = np.bool_(element["mask"])
         return out
 
@@ -166,6 +164,56 @@ def make_spec_dataset(
       `grain.IterDataset` of {"image": [B, 80, crop_frames] float32 in [-1, 1], "label": [B]
       int32} (+ "mask": [B] bool when not `train`), B = global_batch_size // process_count.
     """
+    if len(source) == 0:
+        raise ValueError(f"{source!r} is empty")
+    if train:
+        transform = RandomCrop(crop_frames) if random_crop else CenterCrop(crop_frames)
+        filler = None
+    else:
+        transform = CenterCrop(crop_frames)
+        num_mels = int(np.shape(source[0]["mel"])[0])
+        filler = {"mel": np.zeros((num_mels, crop_frames), np.float32), "label": -1}
+    return make_dataset(
+        source,
+        transform,
+        filler=filler,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        train=train,
+        process_index=process_index,
+        process_count=process_count,
+        num_epochs=num_epochs,
+        read_threads=read_threads,
+        prefetch_buffer_size=prefetch_buffer_size,
+    )
+
+
+def make_dataset(
+    source: _MelSource,
+    transform: grain.transforms.Map | grain.transforms.RandomMap,
+    *,
+    filler: Mapping[str, Any] | None,
+    global_batch_size: int,
+    seed: int,
+    train: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_epochs: int | None = None,
+    read_threads: int = 16,
+    prefetch_buffer_size: int | None = None,
+) -> grain.IterDataset:
+    """The order of `make_spec_dataset` for any source and per-example transform.
+
+    Args:
+      source: random access, `source[i] -> dict` of numpy values.
+      transform: maps a source item to a model example (a `RandomMap` only when `train`).
+      filler: eval only: the source-item form of a padding example (its "mask" is False).
+      Other arguments: as `make_spec_dataset`.
+
+    Returns:
+      `grain.IterDataset` of batched transformed examples (+ "mask": [B] bool when not
+      `train`), B = global_batch_size // process_count.
+    """
     pi, pc = _process_layout(process_index, process_count)
     if global_batch_size < 1 or global_batch_size % pc:
         raise ValueError(
@@ -178,8 +226,10 @@ def make_spec_dataset(
         raise ValueError(f"{source!r} is empty")
     if train:
         ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
-        crop = RandomCrop(crop_frames) if random_crop else CenterCrop(crop_frames)
-        ds = ds.random_map(crop) if random_crop else ds.map(crop)
+        if isinstance(transform, grain.transforms.RandomMap):
+            ds = ds.random_map(transform)
+        else:
+            ds = ds.map(transform)
         if num_epochs is not None:
             ds = ds[: len(ds) // global_batch_size * global_batch_size]
             if len(ds) == 0:
@@ -188,10 +238,11 @@ def make_spec_dataset(
                     f"(global_batch_size={global_batch_size})"
                 )
     else:
+        if filler is None or isinstance(transform, grain.transforms.RandomMap):
+            raise ValueError("eval datasets need a deterministic transform and a filler example")
         padded = -(-n // global_batch_size) * global_batch_size
-        num_mels = int(np.shape(source[0]["mel"])[0])
-        ds = grain.MapDataset.source(_PaddedEvalSource(source, padded, crop_frames, num_mels))
-        ds = ds.map(_KeepMask(CenterCrop(crop_frames)))
+        ds = grain.MapDataset.source(_PaddedEvalSource(source, padded, filler))
+        ds = ds.map(_KeepMask(transform))
     ds = ds[pi::pc]
     buffer = prefetch_buffer_size or max(2 * local_batch, read_threads)
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=buffer)

@@ -7,12 +7,19 @@
 so that `spec_folders.open_spec_source(out, split)` reads it unchanged. Five classes with
 clearly different spectro-temporal patterns: vibrato tones, chirps, noise bursts, click
 trains and harmonic stacks.
+
+`add_synthetic_features(out, kind)` adds per-frame "visual" features in the official layout
+(`<class>/feature_resnet50_dim2048_21.5fps/<id>.pkl` [215, 2048], or the BN-Inception rgb
+[215, 1024] + flow [216, 1024] pair), so the transformer's `:tiny` configs train on embedded
+data: a sparse non-negative class prototype scaled frame by frame by the clip's loudness at
+that video frame (21.5 fps = 4 mel hops), plus faint noise; deterministic.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -23,7 +30,14 @@ import numpy as np
 from avjax.audio.mel import DEFAULT as MEL_DEFAULT
 from avjax.audio.mel import log_mel_spectrogram
 
-__all__ = ["CLASSES", "MARKER", "make_synthetic_dataset", "synth_clip"]
+__all__ = [
+    "CLASSES",
+    "MARKER",
+    "add_synthetic_features",
+    "make_synthetic_dataset",
+    "synth_clip",
+    "synth_features",
+]
 
 SR = MEL_DEFAULT.sample_rate
 NUM_SAMPLES = MEL_DEFAULT.num_samples  # 220500
@@ -211,3 +225,81 @@ def make_synthetic_dataset(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+FEATURE_FOLDERS = {
+    "resnet50": (("feature_resnet50_dim2048_21.5fps", 2048, 215),),
+    "bninception": (
+        ("feature_rgb_bninception_dim1024_21.5fps", 1024, 215),
+        ("feature_flow_bninception_dim1024_21.5fps", 1024, 216),  # one row more, as official
+    ),
+}
+_FEATURES_VERSION = 1
+
+
+def synth_features(
+    mel: np.ndarray, class_name: str, seed: int, index: int, dim: int = 2048, frames: int = 215
+) -> np.ndarray:
+    """Class-correlated per-frame features of one synthetic clip.
+
+    Args:
+      mel: the clip's log-mel [80, T] in [0, 1] (video frame t sits at mel column 4 t).
+      class_name, seed, index: as `synth_clip`.
+      dim, frames: feature width and rows.
+
+    Returns:
+      [frames, dim] float32 >= 0: `proto_class * (0.5 + loudness_t) + 0.05 * noise`.
+    """
+    c = _CLASS_NAMES.index(class_name)
+    proto_rng = np.random.default_rng([seed, 2048, c])
+    proto = proto_rng.gamma(1.0, 1.0, dim) * (proto_rng.random(dim) < 0.25)
+    cols = np.minimum(np.arange(frames) * 4, mel.shape[1] - 1)
+    loudness = mel[:, cols].mean(axis=0)
+    noise = np.random.default_rng([seed, 2048, c, index]).random((frames, dim))
+    return (proto[None] * (0.5 + loudness[:, None]) + 0.05 * noise).astype(np.float32)
+
+
+def _features_marker(kind: str) -> str:
+    return f"_SYNTHETIC_FEATURES_{kind}.json"
+
+
+def add_synthetic_features(root: str | os.PathLike, kind: str = "resnet50") -> Path:
+    """Writes the per-frame features of every clip of a `make_synthetic_dataset` folder.
+
+    Idempotent (a marker is written last; files are written under temporary names and
+    renamed). The mel files are untouched. Returns `root`.
+
+    Args:
+      root: a folder made by `make_synthetic_dataset`.
+      kind: "resnet50" ([215, 2048]) or "bninception" (rgb [215, 1024] + flow [216, 1024]).
+    """
+    root = Path(root)
+    if kind not in FEATURE_FOLDERS:
+        raise ValueError(
+            f"unknown feature kind {kind!r}; expected one of {sorted(FEATURE_FOLDERS)}"
+        )
+    params = _read_marker(root)
+    if params is None:
+        raise FileNotFoundError(f"{root}: not a synthetic dataset (no {MARKER})")
+    want = {"version": _FEATURES_VERSION, "kind": kind, "dataset": params}
+    marker = root / _features_marker(kind)
+    try:
+        if json.loads(marker.read_text()) == want:
+            return root
+    except (OSError, ValueError):
+        pass
+    seed = params["seed"]
+    for k in range(params["num_train"] + params["num_valid"]):
+        cls, vid = _CLASS_NAMES[k % len(_CLASS_NAMES)], f"video_{k:05d}"
+        mel = np.load(root / cls / "melspec_10s_22050hz" / f"{vid}_mel.npy")
+        full = synth_features(mel, cls, seed, k, dim=2048, frames=216)
+        start = 0
+        for folder, dim, frames in FEATURE_FOLDERS[kind]:
+            d = root / cls / folder
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".{vid}.pkl.tmp-{os.getpid()}"
+            tmp.write_bytes(pickle.dumps(full[:frames, start : start + dim], protocol=4))
+            os.replace(tmp, d / f"{vid}.pkl")
+            start += dim
+    marker.write_text(json.dumps(want, indent=1))
+    return root

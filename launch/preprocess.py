@@ -3,6 +3,8 @@
 Writes `OUT/melspec_10s_22050hz/<stem>_mel.npy` [80, 860] and `<stem>_audio.npy` [220500]
 for every media file under `--videos` (recursive), plus `OUT/vggsound_{train,valid}.txt`
 split lists (unless present), so `--config.data.dir=OUT` trains on it directly.
+With `--resnet50_weights PATH` (a torchvision ResNet-50 state dict, .pth or .npz) it also
+writes `OUT/feature_resnet50_dim2048_21.5fps/<stem>.pkl` [~215, 2048] visual features.
 """
 
 import pathlib
@@ -28,6 +30,12 @@ _NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Worker processes (1: in-p
 _VALID = flags.DEFINE_float(
     "valid_fraction", 0.1, "Share of clips listed in vggsound_valid.txt (the rest: train)."
 )
+_RESNET50 = flags.DEFINE_string(
+    "resnet50_weights",
+    None,
+    "torchvision ResNet-50 state dict (.pth needs torch, .npz without): also write "
+    "OUT/feature_resnet50_dim2048_21.5fps/<stem>.pkl features at 21.5 fps.",
+)
 flags.mark_flags_as_required(["videos", "out"])
 
 
@@ -35,13 +43,22 @@ def main(argv):
     del argv
     if not pathlib.Path(_VIDEOS.value).is_dir():
         raise app.UsageError(f"--videos: {_VIDEOS.value} is not a directory")
+    if _RESNET50.value and not pathlib.Path(_RESNET50.value).is_file():
+        raise app.UsageError(f"--resnet50_weights: {_RESNET50.value} does not exist")
     summary = preprocess.preprocess_folder(
         _VIDEOS.value, _OUT.value, mode=_MODE.value, num_workers=_NUM_WORKERS.value
     )
     print(summary)
     counts = preprocess.write_split_lists(_OUT.value, _VALID.value)
     print(f"split lists in {_OUT.value}: {counts}")
-    return 1 if summary.failed else 0
+    failed = bool(summary.failed)
+    if _RESNET50.value:
+        from data_pipelines import visual_features
+
+        feats = visual_features.resnet50_features_folder(_VIDEOS.value, _OUT.value, _RESNET50.value)
+        print(f"resnet50 features: {feats}")
+        failed = failed or bool(feats.failed)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

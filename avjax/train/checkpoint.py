@@ -95,17 +95,34 @@ def abstract_with_shardings(abstract_state, shardings):
     )
 
 
-def restore_params(workdir: str | pathlib.Path, step: int | None = None) -> dict:
-    """Host (numpy) `params` of a run's latest (or given) checkpoint, without a target tree."""
+def restore_state(workdir: str | pathlib.Path, step: int | None = None) -> dict:
+    """The whole train state of a run's latest (or given) checkpoint on one local device.
+
+    Needs no target tree (it is read from the checkpoint's metadata), and restores a run
+    saved on any number of devices.
+    """
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints/ folder in {workdir}: is it an avjax workdir?")
-    with ocp.CheckpointManager(directory) as manager:
+    handlers = {"state": ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint steps in {directory}")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored["state"]["params"]
+        # An explicit single-device target: runs saved on N devices restore on any machine.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            manager.item_metadata(step)["state"],
+        )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        restored = manager.restore(step, args=args)
+    return dict(restored["state"])
+
+
+def restore_params(workdir: str | pathlib.Path, step: int | None = None) -> dict:
+    """`params` of a run's latest (or given) checkpoint (see `restore_state`)."""
+    return restore_state(workdir, step)["params"]
 
 
 def save_imported(workdir: str | pathlib.Path, config_json: str, state: dict, step: int = 0):

@@ -1,4 +1,9 @@
-"""VGGish-ish spectrogram classifier training (spec A3), e.g. for a trained LPAPS backbone.
+"""Spectrogram classifier training (spec A3): VGGish-ish (LPAPS backbone) or Melception.
+
+`config.model.arch` picks the network: 'vggishish' (default) or 'melception' (torchvision
+Inception-v3 on mels, the network behind SpecVQGAN's FID/MKL; BatchNorm statistics live in
+the state's `batch_stats`; only the main logits are trained, as the official script, whose aux
+loss is computed and then overwritten).
 
 Input: [0, 1] log-mels standardised per mel bin, `(x - mean_f) / std_f`, as the official
 `StandardNormalizeAudio`; the statistics are computed from the training data and kept in
@@ -16,7 +21,31 @@ import numpy as np
 import optax
 
 from avjax.models.specvqgan.classifiers import VGGishish
+from avjax.models.specvqgan.melception import Melception
 from avjax.train.tasks import common
+
+ARCHS = ("vggishish", "melception")
+
+
+def model_from_config(m, dtype=jnp.float32):
+    """The classifier named by `config.model.arch` ('vggishish' when unset)."""
+    arch = m.get("arch", "vggishish")
+    if arch == "vggishish":
+        return VGGishish(
+            conv_layers=common.conv_layers(m.conv_layers),
+            num_classes=m.num_classes,
+            hidden=m.hidden,
+            dtype=dtype,
+        )
+    if arch == "melception":
+        return Melception(
+            num_classes=m.num_classes,
+            aux_logits=m.get("aux_logits", True),
+            dropout=m.get("dropout", 0.5),
+            width=m.get("width", 1.0),
+            dtype=dtype,
+        )
+    raise ValueError(f"config.model.arch: unknown classifier {arch!r}; expected one of {ARCHS}")
 
 
 class ClassifierTask:
@@ -26,16 +55,11 @@ class ClassifierTask:
         self.model, self.tx = model, tx
         self.input_shape = tuple(input_shape)
         self.mel_stats = {k: np.asarray(v, np.float32) for k, v in mel_stats.items()}
+        self.has_bn = isinstance(model, Melception)
 
     @classmethod
     def from_config(cls, config, mel_stats) -> ClassifierTask:
-        m = config.model
-        model = VGGishish(
-            conv_layers=common.conv_layers(m.conv_layers),
-            num_classes=m.num_classes,
-            hidden=m.hidden,
-            dtype=jnp.dtype(config.dtype),
-        )
+        model = model_from_config(config.model, jnp.dtype(config.dtype))
         tx = optax.chain(
             optax.add_decayed_weights(config.optim.weight_decay),
             optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2),
@@ -44,14 +68,18 @@ class ClassifierTask:
 
     def init(self, rng):
         k_init, k_state = jax.random.split(rng)
-        params = self.model.init(k_init, jnp.zeros((1, *self.input_shape)))["params"]
-        return {
+        variables = self.model.init(k_init, jnp.zeros((1, *self.input_shape)))
+        params = variables["params"]
+        state = {
             "step": jnp.zeros((), jnp.int32),
             "rng": k_state,
             "params": params,
             "opt_state": self.tx.init(params),
             "mel_stats": {k: jnp.asarray(v) for k, v in self.mel_stats.items()},
         }
+        if self.has_bn:
+            state["batch_stats"] = variables["batch_stats"]
+        return state
 
     def trainable_params(self, state):
         return state["params"]
@@ -61,29 +89,45 @@ class ClassifierTask:
         x01 = (batch["image"].astype(jnp.float32) + 1.0) / 2.0
         return (x01 - state["mel_stats"]["mean"][:, None]) / state["mel_stats"]["std"][:, None]
 
-    def _loss(self, params, state, batch):
-        logits = self.model.apply({"params": params}, self._inputs(state, batch))
+    def _logits(self, params, state, x, train: bool):
+        """(logits [B, C], updated batch_stats or None)."""
+        if not self.has_bn:
+            return self.model.apply({"params": params}, x), None
+        variables = {"params": params, "batch_stats": state["batch_stats"]}
+        if not train:
+            return self.model.apply(variables, x, features=("logits",))["logits"], None
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        out, updates = self.model.apply(
+            variables,
+            x,
+            train=True,
+            features=("logits",),
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
+        return out["logits"], updates["batch_stats"]
+
+    def _loss(self, params, state, batch, train: bool = False):
+        logits, batch_stats = self._logits(params, state, self._inputs(state, batch), train)
         labels = batch["label"]
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return loss, {"loss": loss, "accuracy": acc}
+        return loss, ({"loss": loss, "accuracy": acc}, batch_stats)
 
     def train_step(self, state, batch):
-        (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state["params"], state, batch
+        (_, (metrics, batch_stats)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state["params"], state, batch, True
         )
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics["grad_norm"] = optax.global_norm(grads)
-        return {
-            **state,
-            "step": state["step"] + 1,
-            "params": params,
-            "opt_state": opt_state,
-        }, metrics
+        new = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        if batch_stats is not None:
+            new["batch_stats"] = batch_stats
+        return new, metrics
 
     def eval_step(self, state, batch):
-        return self._loss(state["params"], state, batch)[1]
+        return self._loss(state["params"], state, batch)[1][0]
 
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
         """A classifier has no samples to write."""

@@ -1,0 +1,154 @@
+"""Mel -> waveform: a trained MelGAN generator, or Griffin-Lim when none is given.
+
+`load_vocoder(None)` inverts spectrograms with Griffin-Lim (slow, phasey, needs no weights);
+`load_vocoder(path)` loads a MelGAN run (trained with `configs/melgan_vggsound.py` or
+imported with `launch/convert_checkpoint.py --kind melgan`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avjax.audio import griffin_lim
+from avjax.audio import mel as mel_lib
+
+
+class Vocoder:
+    """Base class: `vocoder(mel01 [B, 80, T]) -> float32 [B, 256 * T]` at 22050 Hz."""
+
+    spec: mel_lib.MelSpec = mel_lib.DEFAULT
+    name: str = "vocoder"
+
+    def _check(self, mel01) -> np.ndarray:
+        mel01 = np.asarray(mel01, np.float32)
+        if mel01.ndim == 2:
+            raise ValueError(
+                f"expected a batch of mels [B, {self.spec.n_mels}, T], got shape {mel01.shape}; "
+                "add a leading batch axis (mel[None])"
+            )
+        if mel01.ndim != 3 or mel01.shape[1] != self.spec.n_mels:
+            raise ValueError(f"expected mels [B, {self.spec.n_mels}, T], got shape {mel01.shape}")
+        if not np.all(np.isfinite(mel01)):
+            raise ValueError("mel spectrogram contains NaN or inf")
+        return mel01
+
+    @property
+    def sample_rate(self) -> int:
+        return self.spec.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.spec.hop_length
+
+    def __call__(self, mel01) -> np.ndarray:
+        raise NotImplementedError
+
+
+class GriffinLimVocoder(Vocoder):
+    """Griffin-Lim inversion of each mel in the batch (`avjax.audio.griffin_lim`)."""
+
+    name = "griffin_lim"
+
+    def __init__(self, n_iter: int = 32, seed: int = 0, spec: mel_lib.MelSpec = mel_lib.DEFAULT):
+        self.n_iter, self.seed, self.spec = n_iter, seed, spec
+
+    def __call__(self, mel01) -> np.ndarray:
+        """[B, 80, T] in [0, 1] -> float32 [B, 256 * T]."""
+        mel01 = self._check(mel01)
+        waves = [
+            griffin_lim.mel_to_wave(m, self.spec, n_iter=self.n_iter, seed=self.seed) for m in mel01
+        ]
+        return np.stack(waves).astype(np.float32).reshape(len(mel01), -1)
+
+
+class MelGANVocoder(Vocoder):
+    """A MelGAN generator, jitted (one compile per mel length and batch size)."""
+
+    name = "melgan"
+
+    def __init__(
+        self, generator, params, dtype=jnp.float32, spec: mel_lib.MelSpec = mel_lib.DEFAULT
+    ):
+        if generator.hop_length != spec.hop_length:
+            raise ValueError(
+                f"MelGAN upsampling ratios {tuple(generator.ratios)} give hop "
+                f"{generator.hop_length}, but the mel transform's hop is {spec.hop_length}"
+            )
+        self.generator = generator.clone(dtype=dtype)
+        self.params = jax.tree.map(jnp.asarray, params)
+        self.dtype, self.spec = jnp.dtype(dtype), spec
+        self._apply = jax.jit(self.vocode)
+
+    def vocode(self, params, mel01: jax.Array) -> jax.Array:
+        """Pure function: params, [B, 80, T] -> float32 [B, 256 * T] (jit/vmap freely)."""
+        wave = self.generator.apply({"params": params}, jnp.swapaxes(mel01, 1, 2))
+        return wave[..., 0].astype(jnp.float32)
+
+    def __call__(self, mel01) -> np.ndarray:
+        """[B, 80, T] in [0, 1] -> float32 [B, 256 * T] (host numpy)."""
+        mel01 = self._check(mel01)
+        return np.asarray(self._apply(self.params, jnp.asarray(mel01)))
+
+    @classmethod
+    def from_path(cls, path: str | pathlib.Path, dtype=jnp.float32) -> MelGANVocoder:
+        """From an avjax MelGAN workdir, or an official generator file (.pt needs torch, .npz)."""
+        from avjax.models.specvqgan import melgan
+
+        path = pathlib.Path(path)
+        if path.is_dir():
+            from avjax.train.checkpoint import restore_params
+
+            cfg_path = path / "config.json"
+            if not cfg_path.is_file():
+                raise FileNotFoundError(
+                    f"{cfg_path} not found: the vocoder path must be a MelGAN run directory "
+                    "(launch/train.py with configs/melgan_vggsound.py, or launch/"
+                    "convert_checkpoint.py --kind melgan) or an official generator .pt/.npz"
+                )
+            config = json.loads(cfg_path.read_text())
+            if config.get("task") != "melgan":
+                raise ValueError(f"{path} is a {config.get('task')!r} run, not a 'melgan' run")
+            params = restore_params(path)
+            if "generator" not in params:
+                raise ValueError(f"{path}: checkpoint has no generator params")
+            return cls(melgan.generator_from_config(config["model"]), params["generator"], dtype)
+        if path.suffix in (".pt", ".pth", ".ckpt", ".npz"):
+            from avjax.convert import torch_io
+            from avjax.convert.melgan import PAPER, melgan_from_torch
+
+            if path.suffix == ".npz":
+                if not path.is_file():
+                    raise FileNotFoundError(f"vocoder weights {path} do not exist")
+                with np.load(path, allow_pickle=False) as z:
+                    sd = {k: z[k] for k in z.files}
+            else:
+                sd = torch_io.load_state_dict(path)
+            params = melgan_from_torch(sd, PAPER)["params"]["generator"]
+            return cls(melgan.generator_from_config(PAPER["model"]), params, dtype)
+        if not path.exists():
+            raise FileNotFoundError(f"vocoder path {path} does not exist")
+        raise ValueError(
+            f"{path}: expected a MelGAN run directory or an official generator .pt/.npz"
+        )
+
+
+def load_vocoder(path: str | pathlib.Path | None, **kwargs) -> Vocoder:
+    """A MelGAN vocoder, or Griffin-Lim when `path` is None.
+
+    Args:
+      path: an avjax MelGAN run directory (its `config.json` + `checkpoints/`), an official
+        generator state dict (`best_netG.pt`, needs torch; or the same as `.npz`), or None.
+      **kwargs: `GriffinLimVocoder` options when `path` is None (n_iter, seed), else
+        `MelGANVocoder.from_path` options (dtype, e.g. jnp.bfloat16 compute).
+
+    Returns:
+      `vocoder(mel01 [B, 80, T]) -> float32 [B, 256 * T]` at 22050 Hz.
+    """
+    if path is None:
+        return GriffinLimVocoder(**kwargs)
+    return MelGANVocoder.from_path(path, **kwargs)

@@ -1,0 +1,379 @@
+"""Sampling SpecVQGAN code sequences from the GPT: filters, a KV-cache sampler, long audio.
+
+* `filter_logits`: temperature, then top-k (official `top_k_logits`: entries below the
+  k-th largest become -inf; ties with it are kept), then top-p (nucleus: the smallest set
+  of most likely tokens whose probability mass reaches p; the most likely token is always
+  kept). `top_k <= 0` and `top_p >= 1` switch them off; all three are traced values, so
+  changing them does not recompile. `temperature <= 0` takes the argmax.
+* `sample`: jitted; prefills the condition (and optional priming codes) in one forward
+  pass that fills the KV cache, then `lax.scan`s one token at a time. The cache of the
+  B conditions is computed once and repeated for the `num_samples` samples of each.
+  The token at sequence position j is drawn with `fold_in(rng, j)`: same key, same samples.
+* `sample_stepwise`: `sample` with the token loop on the host (one jitted cached step per
+  token), for CPU, where XLA runs matmuls inside a `while` body single-threaded.
+* `sample_no_cache`: the reference without a cache, as the official evaluation sampler
+  (`generate_samples.py`): every step runs the full padded sequence (Tc + num_tokens - 1
+  positions) and reads the logits at position Tc - 1 + j. Same keys as `sample`, so both
+  give the same tokens up to float rounding; used by tests and the benchmark.
+* `for_inference`: bf16 weights (and compute) for sampling, halving the bytes read per
+  token on GPU/TPU. (XLA:CPU emulates bf16 matmuls, so on CPU float32 is as fast or faster.)
+* `sample_long`: audio longer than one 53-column window (the paper's "drum solo") by a
+  sliding window; see its docstring for how codes and features are windowed.
+
+Sequences are column-major (`permuter.to_sequence`): 5 tokens per time column, 16 mel
+frames per column, 4 video-feature frames (21.5 fps) per column.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avjax.models.specvqgan.gpt import GPT
+
+NEG_INF = -jnp.inf
+FRAMES_PER_COLUMN = 4  # video-feature frames (21.5 fps) per code column (16 mel hops)
+
+
+# ------------------------------------------------------------------------------ filters
+def top_k_filter(logits: jax.Array, k) -> jax.Array:
+    """Sets logits below the k-th largest (per row) to -inf; k <= 0 (or >= V) keeps all."""
+    v = logits.shape[-1]
+    k = jnp.asarray(k, jnp.int32)
+    kk = jnp.clip(k, 1, v)
+    kth = jax.lax.dynamic_index_in_dim(jnp.sort(logits, axis=-1), v - kk, -1, keepdims=True)
+    out = jnp.where(logits < kth, NEG_INF, logits)
+    return jnp.where(k > 0, out, logits)
+
+
+def top_p_filter(logits: jax.Array, p) -> jax.Array:
+    """Nucleus filter: keeps the most likely tokens until their mass reaches `p` (>= 1: all).
+
+    Token i (in descending order) is kept when the mass of the tokens before it is < p, so
+    the most likely token always survives; ties with the last kept logit are kept too.
+    """
+    p = jnp.asarray(p, jnp.float32)
+    srt = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(srt.astype(jnp.float32), axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    n_keep = jnp.maximum(jnp.sum(before < p, axis=-1, keepdims=True), 1)
+    thresh = jnp.take_along_axis(srt, n_keep - 1, axis=-1)
+    out = jnp.where(logits < thresh, NEG_INF, logits)
+    return jnp.where(p < 1.0, out, logits)
+
+
+def filter_logits(logits: jax.Array, temperature=1.0, top_k=0, top_p=1.0) -> jax.Array:
+    """[..., V] logits -> logits / temperature with top-k then top-p applied (-inf outside)."""
+    t = jnp.asarray(temperature, jnp.float32)
+    logits = logits.astype(jnp.float32) / jnp.where(t > 0, t, 1.0)
+    return top_p_filter(top_k_filter(logits, top_k), top_p)
+
+
+def draw(logits: jax.Array, key, temperature=1.0, top_k=0, top_p=1.0) -> jax.Array:
+    """One token per row of [B, V] logits (argmax when temperature <= 0), int32 [B]."""
+    drawn = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), -1)
+    greedy = jnp.argmax(logits, axis=-1)
+    return jnp.where(jnp.asarray(temperature) > 0, drawn, greedy).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- samplers
+def _condition(model: GPT, params, feats, labels):
+    if feats is None and labels is None:
+        return None
+    return model.apply({"params": params}, feats, labels, method=GPT.embed_condition)
+
+
+def _check_lengths(model: GPT, tc: int, num_prime: int, num_tokens: int):
+    if num_prime >= num_tokens:
+        raise ValueError(f"prime of {num_prime} tokens leaves nothing to sample of {num_tokens}")
+    if tc + num_prime < 1:
+        raise ValueError("nothing to condition on: give features, labels or priming codes")
+    if tc + num_tokens - 1 > model.block_size:
+        raise ValueError(
+            f"condition ({tc}) + {num_tokens} tokens - 1 exceeds block_size={model.block_size}"
+        )
+
+
+def _prime(prime, batch: int) -> jax.Array:
+    return jnp.zeros((batch, 0), jnp.int32) if prime is None else jnp.asarray(prime, jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_tokens", "num_samples"))
+def sample(
+    model: GPT,
+    params,
+    rng,
+    feats=None,
+    labels=None,
+    prime=None,
+    *,
+    num_tokens: int,
+    num_samples: int = 1,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+) -> jax.Array:
+    """Samples code sequences with the KV cache.
+
+    Args:
+      model, params: the GPT and its parameters (cast both with `for_inference` for bf16).
+      rng: PRNG key; the token at sequence position j uses `fold_in(rng, j)`.
+      feats: [B, Tc, feat_dim] condition features (if the model takes features).
+      labels: [B] int class labels (if the model takes a class).
+      prime: [B, P] int codes that start every sequence (e.g. ground truth), or None.
+      num_tokens: length of the returned sequences (265 for 5x53 codes), prime included.
+      num_samples: samples per condition, drawn in parallel.
+      temperature, top_k, top_p: see `filter_logits`.
+
+    Returns:
+      int32 [B * num_samples, num_tokens]; row b * num_samples + s is sample s of input b,
+      and its first P tokens are the prime.
+    """
+    cache, last, prime, tc = _prefill(model, params, feats, labels, prime, num_tokens, num_samples)
+    v = {"params": params}
+
+    def step(carry, j):
+        cache, last = carry
+        tok = draw(last, jax.random.fold_in(rng, j), temperature, top_k, top_p)
+        logits, cache = model.apply(v, tok[:, None], cache=cache, pos=tc + j)
+        return (cache, logits[:, -1]), tok
+
+    positions = jnp.arange(prime.shape[1], num_tokens - 1)
+    (_, last), toks = jax.lax.scan(step, (cache, last), positions)
+    final = draw(last, jax.random.fold_in(rng, num_tokens - 1), temperature, top_k, top_p)
+    return jnp.concatenate([prime, toks.T, final[:, None]], axis=1)
+
+
+def _prefill(model: GPT, params, feats, labels, prime, num_tokens: int, num_samples: int):
+    """Runs condition + prime once per input into a fresh cache, then repeats it per sample.
+
+    Returns (cache, logits of the next token [B * S, V], repeated prime [B * S, P], Tc).
+    """
+    cond = _condition(model, params, feats, labels)
+    batch = (cond if cond is not None else prime).shape[0]
+    prime = _prime(prime, batch)
+    tc, num_prime = (0 if cond is None else cond.shape[1]), prime.shape[1]
+    _check_lengths(model, tc, num_prime, num_tokens)
+    logits, cache = model.apply(
+        {"params": params}, prime, cond=cond, cache=model.init_cache(batch), pos=0
+    )
+    rep = lambda x: jnp.repeat(x, num_samples, axis=0)
+    return jax.tree.map(rep, cache), rep(logits[:, -1]), rep(prime), tc
+
+
+_prefill_jit = jax.jit(_prefill, static_argnames=("model", "num_tokens", "num_samples"))
+
+
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
+def _decode_step(model: GPT, params, cache, last, rng, j, tc, temperature, top_k, top_p):
+    tok = draw(last, jax.random.fold_in(rng, j), temperature, top_k, top_p)
+    logits, cache = model.apply({"params": params}, tok[:, None], cache=cache, pos=tc + j)
+    return cache, logits[:, -1], tok
+
+
+def sample_stepwise(
+    model: GPT,
+    params,
+    rng,
+    feats=None,
+    labels=None,
+    prime=None,
+    *,
+    num_tokens: int,
+    num_samples: int = 1,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+) -> jax.Array:
+    """`sample` with the token loop on the host: one jitted cached step per token.
+
+    Same keys and result as `sample`. For CPU only: XLA:CPU runs matmuls inside a
+    `while` body (the `lax.scan` of `sample`) single-threaded, so with 2+ cores a
+    host-driven loop of jitted steps (dispatch ~0.1 ms, donated cache) is faster there. On
+    GPU/TPU use `sample`.
+    """
+    cache, last, prime, tc = _prefill_jit(
+        model, params, feats, labels, prime, num_tokens=num_tokens, num_samples=num_samples
+    )
+    toks = []
+    for j in range(prime.shape[1], num_tokens - 1):
+        cache, last, tok = _decode_step(
+            model, params, cache, last, rng, j, tc, temperature, top_k, top_p
+        )
+        toks.append(tok)
+    final = draw(last, jax.random.fold_in(rng, num_tokens - 1), temperature, top_k, top_p)
+    toks = jnp.stack(toks, 1) if toks else jnp.zeros((prime.shape[0], 0), jnp.int32)
+    return jnp.concatenate([prime, toks, final[:, None]], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_tokens", "num_samples", "max_steps"))
+def sample_no_cache(
+    model: GPT,
+    params,
+    rng,
+    feats=None,
+    labels=None,
+    prime=None,
+    *,
+    num_tokens: int,
+    num_samples: int = 1,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    max_steps: int | None = None,
+) -> jax.Array:
+    """`sample` without a cache: a full forward of Tc + num_tokens - 1 positions per token.
+
+    The official evaluation sampler's algorithm (`fori_loop` over tokens, future slots
+    zero, causally masked). `max_steps` stops after that many tokens (the rest stay 0), to
+    time a few steps of a long run. Arguments and result as `sample`.
+    """
+    cond = _condition(model, params, feats, labels)
+    batch = (cond if cond is not None else prime).shape[0]
+    prime = _prime(prime, batch)
+    tc, num_prime = (0 if cond is None else cond.shape[1]), prime.shape[1]
+    _check_lengths(model, tc, num_prime, num_tokens)
+    rep = lambda x: None if x is None else jnp.repeat(x, num_samples, axis=0)
+    cond, prime = rep(cond), rep(prime)
+    seq = jnp.zeros((prime.shape[0], num_tokens), jnp.int32).at[:, :num_prime].set(prime)
+
+    def step(j, seq):
+        logits = model.apply({"params": params}, seq[:, :-1], cond=cond)
+        last = jax.lax.dynamic_index_in_dim(logits, tc + j - 1, axis=1, keepdims=False)
+        tok = draw(last, jax.random.fold_in(rng, j), temperature, top_k, top_p)
+        return jax.lax.dynamic_update_index_in_dim(seq, tok, j, axis=1)
+
+    stop = num_tokens if max_steps is None else min(num_tokens, num_prime + max_steps)
+    return jax.lax.fori_loop(num_prime, stop, step, seq)
+
+
+def for_inference(model: GPT, params, dtype=jnp.bfloat16):
+    """The model computing in `dtype` and its floating-point params cast to it (bf16 weights
+    halve the bytes read per token, which bounds batch-1 sampling speed)."""
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return model.clone(dtype=dtype, param_dtype=dtype), jax.tree.map(cast, params)
+
+
+# ------------------------------------------------------------------------- long audio
+def resample_indices(num_frames: int, num_out: int) -> np.ndarray:
+    """Official ResampleFrames: `int(linspace(0, T, n, endpoint=False)) + T // (n + 1)`."""
+    idx = np.linspace(0, num_frames, num_out, endpoint=False).astype(np.int32)
+    return idx + num_frames // (num_out + 1)
+
+
+def window_features(feats, start_column: int, window_columns: int, feat_len: int):
+    """Feature condition of the code window starting at `start_column`.
+
+    Per-frame features [B, T, D] at 21.5 fps: frames [4 s, 4 s + 4 W) (W = window
+    columns, 212 frames for 53), edge-padded past the end, resampled to `feat_len` rows
+    with `resample_indices`. Returns [B, feat_len, D].
+    """
+    feats = jnp.asarray(feats)
+    lo, n = FRAMES_PER_COLUMN * start_column, FRAMES_PER_COLUMN * window_columns
+    idx = np.minimum(lo + resample_indices(n, feat_len), feats.shape[1] - 1)
+    return feats[:, idx]
+
+
+def sample_long(
+    model: GPT,
+    params,
+    rng,
+    feats=None,
+    labels=None,
+    prime=None,
+    *,
+    num_columns: int,
+    rows: int = 5,
+    window_columns: int = 53,
+    hop_columns: int = 26,
+    num_samples: int = 1,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    feat_len: int | None = None,
+) -> jax.Array:
+    """Samples `num_columns` code columns (any length) with a sliding window.
+
+    Window 0 covers columns [0, W) (W = `window_columns`, 53 = 10 s) and is sampled as
+    `sample` does (from `prime` if given). Window k starts at column s_k = k * hop: its
+    first W - hop columns are primed with the codes already generated there, and its
+    last `hop_columns` columns are new. Windows continue until `num_columns` are covered;
+    columns past the end are cut. Every window is one `sample` call (the same compiled
+    function from window 1 on), with key `fold_in(rng, k)`.
+
+    Features: `feats` is either
+      * per-frame features covering the output, [B, T >= 4 * num_columns, D] at 21.5 fps
+        (4 frames per code column): window k is conditioned on frames
+        [4 s_k, 4 s_k + 4 W), edge-padded past T, resampled to the model's feature count
+        Tc with the official ResampleFrames rule (`window_features`); or
+      * the model's condition itself, [B, Tc, D] (e.g. "No Feats" random features, or
+        1/5 summary frames): the same condition for every window.
+    Labels (class-conditioned models) are the same for every window. `feat_len` (Tc) is
+    the model's feature count (`data.feat_sample_size`); by default block_size minus the
+    window's tokens (minus the class token).
+
+    Returns:
+      int32 [B * num_samples, rows * num_columns] column-major codes (row b * num_samples
+      + s is sample s of input b).
+    """
+    if not 0 < hop_columns <= window_columns:
+        raise ValueError(f"hop_columns={hop_columns} must lie in (0, {window_columns}]")
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    tc = _feature_count(model, rows * window_columns) if feat_len is None else feat_len
+    per_frame = None
+    if feats is not None:
+        t = feats.shape[1]
+        if t >= FRAMES_PER_COLUMN * min(num_columns, window_columns) and not (
+            t == tc and num_columns > window_columns
+        ):
+            per_frame = feats
+        elif t != tc:
+            raise ValueError(
+                f"features of {t} frames: expected the model's {tc} condition frames or "
+                f"per-frame features of >= {FRAMES_PER_COLUMN * num_columns} frames (21.5 fps, "
+                f"{FRAMES_PER_COLUMN} per code column) for {num_columns} columns"
+            )
+    cond = lambda s: (
+        feats if per_frame is None else window_features(per_frame, s, window_columns, tc)
+    )
+    first = min(num_columns, window_columns)
+    codes = sample(
+        model,
+        params,
+        jax.random.fold_in(rng, 0),
+        cond(0),
+        labels,
+        prime,
+        num_tokens=rows * first,
+        num_samples=num_samples,
+        **kw,
+    )
+    rep = lambda x: None if x is None else jnp.repeat(jnp.asarray(x), num_samples, axis=0)
+    keep = window_columns - hop_columns
+    num_windows = 1 + max(0, math.ceil((num_columns - window_columns) / hop_columns))
+    for k in range(1, num_windows):
+        s = k * hop_columns
+        window = sample(
+            model,
+            params,
+            jax.random.fold_in(rng, k),
+            rep(cond(s)),
+            rep(labels),
+            codes[:, rows * s : rows * (s + keep)],
+            num_tokens=rows * window_columns,
+            num_samples=1,
+            **kw,
+        )
+        codes = jnp.concatenate([codes, window[:, rows * keep :]], axis=1)
+    return codes[:, : rows * num_columns]
+
+
+def _feature_count(model: GPT, window_tokens: int) -> int:
+    """Feature rows of the model's condition: block_size - tokens (- 1 class token)."""
+    if not model.feat_dim:
+        return 0
+    return model.block_size - window_tokens - (1 if model.num_classes else 0)

@@ -1,0 +1,69 @@
+"""Encodes a dataset's spectrograms with a trained codebook, once, for transformer training.
+
+  python launch/extract_codes.py --codebook_workdir workdirs/codebook_vggsound \
+      --data_dir /data/vggsound [--out DIR] [--splits train,valid,test]
+
+Writes DIR/codes.json (codebook workdir and step, grid 5x53, n_embed), DIR/<split>.npy
+(int16 [N, 265] column-major code sequences) and DIR/<split>_ids.txt. The default DIR is
+DATA_DIR/codes/<codebook name>-<hash>, where the transformer configs look when
+`config.data.codes_dir` is unset (single-process training also extracts them by itself).
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from absl import app, flags
+
+from data_pipelines import codes, spec_folders
+from launch import common
+
+flags.DEFINE_string("codebook_workdir", None, "trained codebook run (config.json + checkpoints/)")
+flags.DEFINE_string("data_dir", None, "dataset folder in the official VGGSound/VAS layout")
+flags.DEFINE_string("out", None, "output folder (default DATA_DIR/codes/<codebook>-<hash>)")
+flags.DEFINE_list("splits", None, "splits to encode (default: those with a split list)")
+flags.DEFINE_enum("layout", "auto", ["auto", "vas", "vggsound"], "dataset layout")
+flags.DEFINE_string("labels_csv", None, "VGGSound vggsound.csv (labels are not stored here)")
+flags.DEFINE_integer("batch_size", 16, "clips per jitted encoder call")
+flags.DEFINE_integer(
+    "crop_frames", None, "centre crop of the spectrograms (default: the codebook's, 848)"
+)
+flags.mark_flags_as_required(["codebook_workdir", "data_dir"])
+FLAGS = flags.FLAGS
+
+
+def available_splits(data_dir: str, layout: str) -> list[str]:
+    out = []
+    for split in ("train", "valid", "test"):
+        try:
+            spec_folders.open_spec_source(data_dir, split, layout)
+        except (FileNotFoundError, ValueError):
+            continue
+        out.append(split)
+    if not out:
+        raise app.UsageError(f"--data_dir: {data_dir} has no readable split (train/valid/test)")
+    return out
+
+
+def main(argv):
+    del argv
+    common.setup_jax()
+    if not pathlib.Path(FLAGS.data_dir).is_dir():
+        raise app.UsageError(f"--data_dir: {FLAGS.data_dir} is not a directory")
+    splits = FLAGS.splits or available_splits(FLAGS.data_dir, FLAGS.layout)
+    out = codes.extract_codes(
+        FLAGS.codebook_workdir,
+        FLAGS.data_dir,
+        splits,
+        FLAGS.out,
+        layout=FLAGS.layout,
+        labels_csv=FLAGS.labels_csv,
+        batch_size=FLAGS.batch_size,
+        crop_frames=FLAGS.crop_frames,
+    )
+    print(f"codes of {', '.join(splits)} written to {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
