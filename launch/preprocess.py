@@ -3,6 +3,9 @@
 Writes `OUT/melspec_10s_22050hz/<stem>_mel.npy` [80, 860] and `<stem>_audio.npy` [220500]
 for every media file under `--videos` (recursive), plus `OUT/vggsound_{train,valid}.txt`
 split lists (unless present), so `--config.data.dir=OUT` trains on it directly.
+
+`--target sound2sight`: 64x64 RGB frames at 30 fps with 45x17 audio patches per frame, in
+windows of `--num_frames`, as TFDS in OUT/avjax_av_frames/ (`data_pipelines.video_frames`).
 """
 
 import pathlib
@@ -28,13 +31,37 @@ _NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Worker processes (1: in-p
 _VALID = flags.DEFINE_float(
     "valid_fraction", 0.1, "Share of clips listed in vggsound_valid.txt (the rest: train)."
 )
+_TARGET = flags.DEFINE_enum(
+    "target", "specvqgan", ["specvqgan", "sound2sight"], "Which model's inputs to write."
+)
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", 45, "sound2sight: frames per window (30 fps).")
+_TEST = flags.DEFINE_float("test_fraction", 0.1, "sound2sight: share of clips in the test split.")
 flags.mark_flags_as_required(["videos", "out"])
+
+
+def _sound2sight() -> int:
+    from data_pipelines import video_frames
+
+    builder, summary = video_frames.build_frames_dataset(
+        _VIDEOS.value,
+        _OUT.value,
+        num_frames=_NUM_FRAMES.value,
+        valid_fraction=_VALID.value,
+        test_fraction=_TEST.value,
+        progress=True,
+    )
+    print(f"wrote {builder.data_dir}: {summary['windows']} windows from {summary['clips']} clips")
+    for path, why in summary["skipped"]:
+        print(f"skipped {path}: {why}")
+    return 0 if sum(summary["windows"].values()) else 1
 
 
 def main(argv):
     del argv
     if not pathlib.Path(_VIDEOS.value).is_dir():
         raise app.UsageError(f"--videos: {_VIDEOS.value} is not a directory")
+    if _TARGET.value == "sound2sight":
+        return _sound2sight()
     summary = preprocess.preprocess_folder(
         _VIDEOS.value, _OUT.value, mode=_MODE.value, num_workers=_NUM_WORKERS.value
     )
