@@ -5,6 +5,9 @@ for every media file under `--videos` (recursive), plus `OUT/vggsound_{train,val
 split lists (unless present), so `--config.data.dir=OUT` trains on it directly.
 With `--resnet50_weights PATH` (a torchvision ResNet-50 state dict, .pth or .npz) it also
 writes `OUT/feature_resnet50_dim2048_21.5fps/<stem>.pkl` [~215, 2048] visual features.
+
+`--target sound2sight`: 64x64 RGB frames at 30 fps with 45x17 audio patches per frame, in
+windows of `--num_frames`, as TFDS in OUT/avjax_av_frames/ (`data_pipelines.video_frames`).
 """
 
 import pathlib
@@ -36,7 +39,29 @@ _RESNET50 = flags.DEFINE_string(
     "torchvision ResNet-50 state dict (.pth needs torch, .npz without): also write "
     "OUT/feature_resnet50_dim2048_21.5fps/<stem>.pkl features at 21.5 fps.",
 )
+_TARGET = flags.DEFINE_enum(
+    "target", "specvqgan", ["specvqgan", "sound2sight"], "Which model's inputs to write."
+)
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", 45, "sound2sight: frames per window (30 fps).")
+_TEST = flags.DEFINE_float("test_fraction", 0.1, "sound2sight: share of clips in the test split.")
 flags.mark_flags_as_required(["videos", "out"])
+
+
+def _sound2sight() -> int:
+    from data_pipelines import video_frames
+
+    builder, summary = video_frames.build_frames_dataset(
+        _VIDEOS.value,
+        _OUT.value,
+        num_frames=_NUM_FRAMES.value,
+        valid_fraction=_VALID.value,
+        test_fraction=_TEST.value,
+        progress=True,
+    )
+    print(f"wrote {builder.data_dir}: {summary['windows']} windows from {summary['clips']} clips")
+    for path, why in summary["skipped"]:
+        print(f"skipped {path}: {why}")
+    return 0 if sum(summary["windows"].values()) else 1
 
 
 def main(argv):
@@ -45,6 +70,8 @@ def main(argv):
         raise app.UsageError(f"--videos: {_VIDEOS.value} is not a directory")
     if _RESNET50.value and not pathlib.Path(_RESNET50.value).is_file():
         raise app.UsageError(f"--resnet50_weights: {_RESNET50.value} does not exist")
+    if _TARGET.value == "sound2sight":
+        return _sound2sight()
     summary = preprocess.preprocess_folder(
         _VIDEOS.value, _OUT.value, mode=_MODE.value, num_workers=_NUM_WORKERS.value
     )

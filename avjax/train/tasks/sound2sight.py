@@ -1,0 +1,396 @@
+"""Sound2Sight training (spec 1.7-1.9): generator and multimodal discriminator in one jitted step.
+
+Per batch (T = n_past + n_future frames, steps i = 1..T-1, full teacher forcing):
+* generator loss = sum_i MSE(x̂_i, x_i) + beta * sum_i KL(q_i || p_i) + w(epoch) * adv, with
+  adv = (gen_loss + gen_syn_loss + gen_mismatch_loss) / 3 over the discriminator windows
+  (i >= buffer), MSE a mean over B·H·W·C per step, KL summed over z and batch / B; the
+  prior sample drives the generator ("sample prior" variant);
+* w(epoch) = beta_gen * multiplier(epoch), multipliers (0, 1, 5, 10, 100) from epochs
+  (1, 301, 601, 901) on: a traced function of the step (`steps_per_epoch` per epoch), so
+  the schedule never recompiles the step;
+* discriminator loss = real/2 + (syn + mismatch)/8 on detached predictions (spec 1.8).
+Both Adam updates use the same forward pass (the official order: G and D gradients from
+one `train()` call). Frames are scaled in `frames01` (the official loader divides each frame
+by its own maximum; `config.data.frame_scale`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from avjax.losses.kl import kl_criterion
+from avjax.metrics import image_quality as iq
+from avjax.models.sound2sight import discriminator as disc_lib
+from avjax.models.sound2sight.discriminator import Discriminator
+from avjax.models.sound2sight.model import Sound2Sight, rollout
+
+FRAME_SCALES = ("per_frame_max", "255")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and schedule (config field `loss`)."""
+
+    beta: float = 1e-4
+    beta_gen: float = 1e-4
+    adv_epochs: tuple[int, ...] = (1, 301, 601, 901)
+    adv_multipliers: tuple[float, ...] = (0.0, 1.0, 5.0, 10.0, 100.0)
+    steps_per_epoch: int = 72
+    gen_mismatch_target: int = 0
+    train_disc_encoders: bool = True
+
+    def adv_weight(self, step: jax.Array) -> jax.Array:
+        """Traced adversarial weight at (0-based) `step`."""
+        epoch = step // self.steps_per_epoch
+        idx = jnp.searchsorted(jnp.asarray(self.adv_epochs), epoch, side="right")
+        return self.beta_gen * jnp.asarray(self.adv_multipliers, jnp.float32)[idx]
+
+
+def frames01(frames: jax.Array, scale: str) -> jax.Array:
+    """uint8 frames [..., H, W, C] -> float32 in [0, 1].
+
+    "per_frame_max": each frame divided by its own maximum (the official loader; an
+    all-black frame stays 0); "255": divided by 255.
+    """
+    f = frames.astype(jnp.float32)
+    if scale == "255":
+        return f / 255.0
+    if scale == "per_frame_max":
+        return f / jnp.maximum(jnp.max(f, axis=(-3, -2, -1), keepdims=True), 1.0)
+    raise ValueError(f"config.data.frame_scale must be one of {FRAME_SCALES}, got {scale!r}")
+
+
+def _ce(logits: jax.Array, label: int) -> jax.Array:
+    """Cross-entropy [B, W, 2] (or [B, L, 2]) -> mean over batch, summed over windows."""
+    labels = jnp.full(logits.shape[:-1], label, jnp.int32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum() / logits.shape[0]
+
+
+def model_from_config(config, dtype=jnp.float32) -> tuple[Sound2Sight, Discriminator]:
+    """Generator and discriminator described by `config.model`, `config.disc`, `config.data`."""
+    m, d, data = config.model, config.disc, config.data
+    gen = Sound2Sight(
+        image_size=data.image_size,
+        channels=data.channels,
+        audio_shape=tuple(data.audio_shape),
+        g_dim=m.g_dim,
+        z_dim=m.z_dim,
+        rnn_size=m.rnn_size,
+        predictor_layers=m.predictor_layers,
+        prior_layers=m.prior_layers,
+        posterior_layers=m.posterior_layers,
+        nf=m.nf,
+        audio_nf=m.audio_nf,
+        dim_ff=m.dim_ff,
+        num_heads=m.num_heads,
+        n_past=data.n_past,
+        last_frame_skip=m.last_frame_skip,
+        dtype=dtype,
+    )
+    disc = Discriminator(
+        image_size=data.image_size,
+        audio_shape=tuple(data.audio_shape),
+        dim=m.g_dim,
+        nf=m.nf,
+        audio_nf=m.audio_nf,
+        rnn_size=d.rnn_size,
+        buffer=d.buffer,
+        dtype=dtype,
+    )
+    return gen, disc
+
+
+class Sound2SightTask:
+    """Init / train_step / eval_step / samples of Sound2Sight."""
+
+    def __init__(
+        self,
+        gen: Sound2Sight,
+        disc: Discriminator,
+        loss: LossConfig,
+        g_tx: optax.GradientTransformation,
+        d_tx: optax.GradientTransformation,
+        train_frames: int,
+        frame_scale: str = "per_frame_max",
+        sample_clips: int = 4,
+        sample_count: int = 5,
+        fps: float = 10.0,
+    ):
+        if frame_scale not in FRAME_SCALES:
+            raise ValueError(
+                f"config.data.frame_scale must be one of {FRAME_SCALES}, got {frame_scale!r}"
+            )
+        if train_frames - 1 < disc.buffer:
+            raise ValueError(
+                f"config.disc.buffer={disc.buffer} needs clips of more than {disc.buffer} frames"
+            )
+        if loss.gen_mismatch_target not in (0, 1):
+            raise ValueError("config.loss.gen_mismatch_target must be 0 (paper) or 1 (official)")
+        if len(loss.adv_multipliers) != len(loss.adv_epochs) + 1:
+            raise ValueError("config.loss.adv_multipliers needs one more entry than adv_epochs")
+        self.gen, self.disc, self.loss = gen, disc, loss
+        self.g_tx, self.d_tx = g_tx, d_tx
+        self.train_frames = train_frames
+        self.frame_scale = frame_scale
+        self.sample_clips, self.sample_count, self.fps = sample_clips, sample_count, fps
+        self._samples = jax.jit(self.sample_futures, static_argnames="num_samples")
+
+    @classmethod
+    def from_config(cls, config, stats=None) -> Sound2SightTask:
+        """Builds the task from an experiment config (`configs/sound2sight_*.py`)."""
+        del stats  # Sound2Sight needs no dataset statistics
+        gen, disc = model_from_config(config, jnp.dtype(config.dtype))
+        lc = config.loss
+        loss = LossConfig(
+            beta=lc.beta,
+            beta_gen=lc.beta_gen,
+            adv_epochs=tuple(lc.adv_epochs),
+            adv_multipliers=tuple(float(v) for v in lc.adv_multipliers),
+            steps_per_epoch=lc.steps_per_epoch,
+            gen_mismatch_target=lc.gen_mismatch_target,
+            train_disc_encoders=config.disc.train_encoders,
+        )
+        o = config.optim
+        g_tx = optax.adam(o.lr, b1=o.b1, b2=o.b2, eps=o.eps)
+        d_tx = optax.adam(o.disc_lr, b1=o.b1, b2=o.b2, eps=o.eps)
+        d = config.data
+        return cls(
+            gen,
+            disc,
+            loss,
+            g_tx,
+            d_tx,
+            d.n_past + d.n_future,
+            d.frame_scale,
+            sample_clips=config.train.get("sample_clips", 4),
+            sample_count=config.train.get("sample_count", 5),
+            fps=d.get("fps", 10.0),
+        )
+
+    # ----------------------------------------------------------------------------- state
+    def _dummy(self, t: int):
+        g = self.gen
+        x = jnp.zeros((1, t, g.image_size, g.image_size, g.channels), jnp.float32)
+        a = jnp.zeros((1, t, *g.audio_shape), jnp.float32)
+        return x, a
+
+    def init(self, rng) -> dict:
+        k_g, k_d, k_drop, k_state = jax.random.split(rng, 4)
+        t = self.train_frames
+        x, a = self._dummy(t)
+        eps = jnp.zeros((1, t - 1, self.gen.z_dim))
+        gv = self.gen.init({"params": k_g, "dropout": k_drop}, x, a, eps, train=False)
+        dv = self.disc.init({"params": k_d}, x, a, train=False)
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "rng": k_state,
+            "params": {"gen": gv["params"], "disc": dv["params"]},
+            "batch_stats": {"gen": gv["batch_stats"], "disc": dv["batch_stats"]},
+            "opt_state": {
+                "gen": self.g_tx.init(gv["params"]),
+                "disc": self.d_tx.init(dv["params"]),
+            },
+        }
+
+    def trainable_params(self, state) -> dict:
+        return state["params"]
+
+    # ------------------------------------------------------------------------------ step
+    def _d_embed(self, dp, bs, method, x):
+        out, upd = self.disc.apply(
+            {"params": dp, "batch_stats": bs}, x, True, method=method, mutable=["batch_stats"]
+        )
+        return out, upd["batch_stats"]
+
+    def _d_call(self, dp, method, *args):
+        return self.disc.apply({"params": dp}, *args, method=method)
+
+    def train_step(self, state, batch):
+        lw = self.loss
+        step = state["step"]
+        k_eps, k_drop = jax.random.split(jax.random.fold_in(state["rng"], step))
+        x = frames01(batch["frames"], self.frame_scale)
+        a = batch["audio"].astype(jnp.float32)
+        b, t = x.shape[:2]
+        n = self.disc.buffer
+        eps = jax.random.normal(k_eps, (b, t - 1, self.gen.z_dim), jnp.float32)
+        w_adv = lw.adv_weight(step)
+        gp, dp = state["params"]["gen"], state["params"]["disc"]
+        target, a_target = x[:, 1:], a[:, 1:]
+        win = disc_lib.window_index(t - 1, n)
+
+        # Real-frame and audio embeddings (no generator gradient through them).
+        real_e, d_bs = self._d_embed(
+            dp, state["batch_stats"]["disc"], Discriminator.embed_frames, target
+        )
+        aud_e, d_bs = self._d_embed(dp, d_bs, Discriminator.embed_audio, a_target)
+        real_e, aud_e = jax.lax.stop_gradient(real_e), jax.lax.stop_gradient(aud_e)
+
+        def g_loss_fn(gp):
+            out, g_upd = self.gen.apply(
+                {"params": gp, "batch_stats": state["batch_stats"]["gen"]},
+                x,
+                a,
+                eps,
+                train=True,
+                rngs={"dropout": k_drop},
+                mutable=["batch_stats"],
+            )
+            pred = out["pred"]
+            mse = jnp.sum(jnp.mean(jnp.square(pred - target), axis=(0, 2, 3, 4)))
+            kld = kl_criterion(out["mu"], out["logvar"], out["mu_p"], out["logvar_p"])
+            fake_e, bs = self._d_embed(dp, d_bs, Discriminator.embed_frames, pred)
+            fake_w = disc_lib.make_windows(real_e, fake_e, n)
+            gen_loss = _ce(self._d_call(dp, Discriminator.score, fake_w, aud_e[:, win]), 1)
+            gen_syn = _ce(self._d_call(dp, Discriminator.classify_frames, fake_e[:, n - 1 :]), 1)
+            rolled = disc_lib.roll_batch(aud_e)[:, win]
+            gen_mis = _ce(
+                self._d_call(dp, Discriminator.score, fake_w, rolled), lw.gen_mismatch_target
+            )
+            adv = (gen_loss + gen_syn + gen_mis) / 3.0
+            loss = mse + lw.beta * kld + w_adv * adv
+            aux = dict(
+                g_loss=loss,
+                mse=mse / (t - 1),
+                kld=kld / (t - 1),
+                gen_loss=gen_loss,
+                gen_syn_loss=gen_syn,
+                gen_mismatch_loss=gen_mis,
+                adv_weight=w_adv,
+            )
+            return loss, (aux, g_upd["batch_stats"], bs, pred, fake_e)
+
+        (_, (metrics, g_bs, d_bs, pred, fake_e)), g_grads = jax.value_and_grad(
+            g_loss_fn, has_aux=True
+        )(gp)
+        upd, g_opt = self.g_tx.update(g_grads, state["opt_state"]["gen"], gp)
+        gp = optax.apply_updates(gp, upd)
+
+        pred = jax.lax.stop_gradient(pred)
+        fake_e = jax.lax.stop_gradient(fake_e)
+
+        def d_loss_fn(dp):
+            if lw.train_disc_encoders:
+                r_e, bs = self._d_embed(dp, d_bs, Discriminator.embed_frames, target)
+                a_e, bs = self._d_embed(dp, bs, Discriminator.embed_audio, a_target)
+                f_e, bs = self._d_embed(dp, bs, Discriminator.embed_frames, pred)
+            else:  # official: the encoders never change, only their BN statistics move
+                r_e, a_e, f_e, bs = real_e, aud_e, fake_e, d_bs
+            score = lambda fw, aw: self._d_call(dp, Discriminator.score, fw, aw)
+            cls = lambda e: self._d_call(dp, Discriminator.classify_frames, e[:, n - 1 :])
+            real_w = disc_lib.make_windows(r_e, r_e, n)
+            fake_w = disc_lib.make_windows(r_e, f_e, n)
+            aud_w, rolled_w = a_e[:, win], disc_lib.roll_batch(a_e)[:, win]
+            syn = _ce(score(fake_w, aud_w), 0) + _ce(cls(f_e), 0)
+            real = _ce(score(real_w, aud_w), 1) + _ce(cls(r_e), 1)
+            mis = _ce(score(real_w, rolled_w), 0) + _ce(score(fake_w, rolled_w), 0)
+            loss = real / 2.0 + (syn + mis) / 8.0
+            return loss, (dict(d_loss=loss, d_real=real, d_syn=syn, d_mismatch=mis), bs)
+
+        (_, (d_metrics, d_bs)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(dp)
+        upd, d_opt = self.d_tx.update(d_grads, state["opt_state"]["disc"], dp)
+        dp = optax.apply_updates(dp, upd)
+
+        new_state = {
+            **state,
+            "step": step + 1,
+            "params": {"gen": gp, "disc": dp},
+            "batch_stats": {"gen": g_bs, "disc": d_bs},
+            "opt_state": {"gen": g_opt, "disc": d_opt},
+        }
+        metrics = {
+            **metrics,
+            **d_metrics,
+            "grad_norm_gen": optax.global_norm(g_grads),
+            "grad_norm_disc": optax.global_norm(d_grads),
+        }
+        return new_state, jax.tree.map(lambda v: v.astype(jnp.float32), metrics)
+
+    # --------------------------------------------------------------------------- eval
+    def gen_variables(self, state) -> dict:
+        return {"params": state["params"]["gen"], "batch_stats": state["batch_stats"]["gen"]}
+
+    def sample_futures(self, state, frames, audio, rng, num_samples: int = 1):
+        """Prior samples: frames [B, T, H, W, C] in [0, 1] -> futures [S, B, T-n_past, H, W, C]."""
+        b, t = frames.shape[:2]
+        eps = jax.random.normal(rng, (num_samples, b, t - 1, self.gen.z_dim), jnp.float32)
+        variables = self.gen_variables(state)
+        return jax.vmap(lambda e: rollout(self.gen, variables, frames, audio, e))(eps)
+
+    def eval_step(self, state, batch):
+        """One prior sample per clip over the eval length: MSE / SSIM / PSNR of future frames.
+
+        Also the copy-last-frame baseline. Padding clips (`mask` 0) are left out.
+        """
+        x = frames01(batch["frames"], self.frame_scale)
+        a = batch["audio"].astype(jnp.float32)
+        n_past = self.gen.n_past
+        pred = self.sample_futures(state, x, a, jax.random.PRNGKey(0))[0]
+        gt = x[:, n_past:]
+        copy = jnp.broadcast_to(x[:, n_past - 1 : n_past], gt.shape)
+        mask = batch.get("mask", jnp.ones(x.shape[0], jnp.float32)).astype(jnp.float32)
+        denom = jnp.maximum(mask.sum(), 1.0)
+        mean = lambda v: jnp.sum(jnp.mean(v, axis=1) * mask) / denom
+        out = {}
+        for name, p in (("", pred), ("copy_last_", copy)):
+            out[f"{name}mse"] = mean(jnp.mean(jnp.square(p - gt), axis=(2, 3, 4)))
+            out[f"{name}ssim"] = mean(iq.ssim_correct(p, gt))
+            out[f"{name}ssim_paper"] = mean(iq.ssim_paper(p, gt))
+            out[f"{name}psnr"] = mean(iq.psnr(p, gt))
+        return out
+
+    # --------------------------------------------------------------------------- samples
+    def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
+        """GIF grid per call: rows = clips, columns = [ground truth, best of S, S-1 samples].
+
+        "Best" is the sample with the highest mean SSIM over the predicted frames (as the
+        official `make_gifs`). Seen frames are shown in every column.
+        """
+        from avjax.video import io as video_io
+
+        k = self.sample_clips
+        frames = jnp.asarray(jax.device_get(batch["frames"])[:k])
+        audio = jnp.asarray(jax.device_get(batch["audio"])[:k])
+        x = frames01(frames, self.frame_scale)
+        samples = self._samples(
+            state, x, audio, jax.random.PRNGKey(step), num_samples=self.sample_count
+        )
+        if jax.process_index() != 0:
+            return
+        x, samples = np.asarray(x), np.asarray(jax.device_get(samples))
+        n_past = self.gen.n_past
+        gt = x[:, n_past:]
+        scores = np.asarray(iq.ssim_correct(samples, np.broadcast_to(gt, samples.shape))).mean(-1)
+        best = np.argmax(scores, axis=0)
+        cols = [x, np.concatenate([x[:, :n_past], samples[best, np.arange(len(x))]], 1)]
+        for s in range(min(self.sample_count, 4)):
+            cols.append(np.concatenate([x[:, :n_past], samples[s]], 1))
+        grid = _grid(np.stack(cols, 1), n_past)  # [T, rows, cols] tiled
+        out_dir.mkdir(parents=True, exist_ok=True)
+        video_io.write_gif(out_dir / "gt_best_samples.gif", grid, fps=self.fps)
+        writer.image(step, "samples/last_frame", grid[-1])
+        writer.image(step, "samples/first_predicted_frame", grid[n_past])
+
+
+def _grid(clips: np.ndarray, n_past: int, pad: int = 2) -> np.ndarray:
+    """[R, C, T, H, W, ch] in [0, 1] -> uint8 RGB [T, R*(H+pad)+pad, C*(W+pad)+pad, 3].
+
+    The border is green on seen frames and red on predicted ones.
+    """
+    r, c, t, h, w, ch = clips.shape
+    if ch == 1:
+        clips = np.repeat(clips, 3, axis=-1)
+    out = np.zeros((t, r * (h + pad) + pad, c * (w + pad) + pad, 3), np.float32)
+    out[:n_past, ..., 1] = 0.6
+    out[n_past:, ..., 0] = 0.8
+    for i in range(r):
+        for j in range(c):
+            y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
+            out[:, y0 : y0 + h, x0 : x0 + w] = clips[i, j]
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -1,0 +1,133 @@
+"""Speed of Sound2Sight (M3SO-NB paper model): train step, 20-frame rollout, 100-sample eval.
+
+  python benchmarks/sound2sight.py --batch 16 --out benchmarks/results
+  python benchmarks/sound2sight.py --config tiny --batch 8
+
+Measures (minimum over `--repeats` timed calls after a warm-up, because the reference
+machine is shared): one full jitted training iteration (generator + discriminator
+updates, adversarial terms on; 5 seen + 15 predicted frames), a 20-frame rollout of
+`--batch` clips (5 seen, 15 generated, the scan used at evaluation), and a 100-sample
+evaluation rollout of one clip (5 seen + 25 predicted, samples vmapped in chunks of 10).
+Reference (official PyTorch on a 2-core CPU, B=16): 3.4 s per training iteration and
+0.9 s per 20-frame rollout of 16 clips; the target is 3x faster.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avjax.train.tasks.sound2sight import Sound2SightTask
+from configs import sound2sight_m3so_nb
+
+OFFICIAL_CPU_S = {"train_iteration_b16": 3.4, "rollout_20_frames_b16": 0.9}
+
+
+def min_time(fn, *args, repeats: int) -> tuple[float, list[float]]:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(min(times)), [round(t, 4) for t in times]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", choices=["paper", "tiny"], default="paper")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--eval_samples", type=int, default=100)
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--skip", default="", help="comma list of train,rollout,eval to skip")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    c = sound2sight_m3so_nb.get_config("tiny" if args.config == "tiny" else None)
+    c.data.n_past, c.data.n_future, c.data.n_eval = 5, 15, 25
+    c.loss.steps_per_epoch = 1  # adversarial terms on (as after the first epoch)
+    task = Sound2SightTask.from_config(c)
+    rs = np.random.RandomState(0)
+    size, ch, audio = c.data.image_size, c.data.channels, tuple(c.data.audio_shape)
+
+    def batch(b, t):
+        return {
+            "frames": jnp.asarray(rs.randint(0, 256, (b, t, size, size, ch)), jnp.uint8),
+            "audio": jnp.asarray(rs.uniform(0, 1, (b, t, *audio)), jnp.float32),
+        }
+
+    state = jax.jit(task.init)(jax.random.PRNGKey(0))
+    state = jax.jit(task.train_step)(state, batch(2, 20))[0]  # step 1: adversarial weight > 0
+    result = {
+        "benchmark": "sound2sight",
+        "config": args.config,
+        "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+        "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+        "batch": args.batch,
+        "timing": f"min of {args.repeats} calls after a warm-up (shared machine)",
+        "official_cpu_reference_s": OFFICIAL_CPU_S,
+    }
+    if "train" not in skip:
+        b = batch(args.batch, 20)
+        step = jax.jit(task.train_step)
+        t0 = time.perf_counter()
+        compiled = step.lower(state, b).compile()
+        result["train_compile_s"] = round(time.perf_counter() - t0, 2)
+        s, times = min_time(lambda st, bb: compiled(st, bb)[1], state, b, repeats=args.repeats)
+        result.update(train_step_s=round(s, 4), train_steps_per_s=round(1 / s, 3))
+        result["train_step_all_s"] = times
+    gen_vars = state
+    if "rollout" not in skip:
+        b = batch(args.batch, 20)
+        roll = jax.jit(
+            lambda st, x, a, k: task.sample_futures(
+                st, x.astype(jnp.float32) / 255.0, a, k, num_samples=1
+            )
+        )
+        s, times = min_time(
+            roll, gen_vars, b["frames"], b["audio"], jax.random.PRNGKey(1), repeats=args.repeats
+        )
+        result.update(rollout_20_frames_s=round(s, 4), rollout_all_s=times)
+    if "eval" not in skip:
+        from launch.evaluators.sound2sight import make_batch_metrics
+
+        b = batch(1, 30)
+        fn = make_batch_metrics(task, args.eval_samples, 10, with_iou=False)
+        v = {"params": state["params"]["gen"], "batch_stats": state["batch_stats"]["gen"]}
+        s, times = min_time(
+            fn,
+            v,
+            b["frames"],
+            b["audio"],
+            jnp.zeros((1, 4), jnp.int32),
+            jax.random.PRNGKey(2),
+            repeats=max(2, args.repeats // 2),
+        )
+        result.update(
+            eval_100_samples_1_clip_30_frames_s=round(s, 4),
+            eval_all_s=times,
+            eval_note=f"{args.eval_samples} samples x 25 predicted frames + SSIM/PSNR",
+        )
+    for k, ref in (("train_step", 3.4), ("rollout_20_frames", 0.9)):
+        if f"{k}_s" in result and args.config == "paper" and args.batch == 16:
+            result[f"{k}_speedup_vs_official"] = round(ref / result[f"{k}_s"], 2)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"sound2sight_{args.config}_b{args.batch}_{jax.devices()[0].platform}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Sound2Sight inputs: clip datasets (M3SO or real-video frames) -> checkpointable Grain batches.
+
+`make_inputs(config)` opens `config.data.dir` (a dataset written by `launch/make_m3so.py` or
+`launch/preprocess.py --target sound2sight`; see `m3so_tfds`) or, for `:tiny` configs
+(`config.data.synthetic` and no dir), a small M3SO-NB made once from scikit-learn's digits in
+`cache_dir()/m3so_nb_tiny_T<frames>`.
+
+Order, as `pipeline.make_spec_dataset` (G = global batch, P processes, B = G // P):
+  train: seeded global shuffle (new permutation per epoch), repeat forever, a seeded random
+    window of T = n_past + n_future frames per clip (the whole clip when it has exactly T),
+    `[process_index::P]`, batches of B;
+  eval: clips in order, first n_past + n_eval frames, padded to a multiple of G with zero
+    clips, `[process_index::P]`, batches of B with "mask" (1 real, 0 padding).
+Batches: {"frames": uint8 [B, T, H, W, C], "audio": float32 [B, T, Fa, Ta], "block": int32
+[B, 4]} (+ "mask": float32 [B] in eval). Frames stay uint8; the task scales them. The audio
+patches are `log1p(|STFT|) / log1p(sum(window) / 2)` (see `m3so.audio_features`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import grain
+import numpy as np
+from absl import logging
+
+from data_pipelines import m3so, m3so_tfds, pipeline
+from data_pipelines.inputs import Inputs, cache_dir
+
+__all__ = ["make_clip_dataset", "make_inputs", "synthetic_dir"]
+
+TINY_TRAIN, TINY_TEST = 64, 16
+
+
+class _Window(grain.transforms.RandomMap):
+    """Random (train) window of `length` frames; `first=True` keeps the first frames instead."""
+
+    def __init__(self, length: int, first: bool = False):
+        self.length = length
+        self.first = first
+
+    def random_map(self, element, rng: np.random.Generator):
+        total = element["frames"].shape[0]
+        start = 0 if self.first else int(rng.integers(0, total - self.length + 1))
+        end = start + self.length
+        out = {
+            "frames": element["frames"][start:end],
+            "audio": element["audio"][start:end],
+            "block": element["block"],
+        }
+        if "mask" in element:
+            out["mask"] = np.float32(element["mask"])
+        return out
+
+
+class _First(grain.transforms.Map):
+    def __init__(self, length: int):
+        self.window = _Window(length, first=True)
+
+    def map(self, element):
+        return self.window.random_map(element, None)
+
+
+class _PaddedClips:
+    """`source` padded with all-zero clips to `length`; items carry "mask"."""
+
+    def __init__(self, source, length: int):
+        self.source, self.length = source, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        if index < len(self.source):
+            return {**self.source[index], "mask": 1.0}
+        T = self.source.num_frames
+        return {
+            "frames": np.zeros((T, *self.source.frame_shape), np.uint8),
+            "audio": np.zeros((T, *self.source.audio_shape), np.float32),
+            "block": np.zeros((4,), np.int32),
+            "mask": 0.0,
+        }
+
+    def __repr__(self) -> str:
+        return f"_PaddedClips({self.source!r}, length={self.length})"
+
+
+def make_clip_dataset(
+    source: m3so_tfds.ClipSource,
+    *,
+    num_frames: int,
+    global_batch_size: int,
+    seed: int,
+    train: bool,
+    read_threads: int = 4,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Batched process-local dataset of `num_frames`-frame windows (order in the module doc)."""
+    pi, pc = pipeline._process_layout(process_index, process_count)
+    if global_batch_size < 1 or global_batch_size % pc:
+        raise ValueError(
+            f"config.data.global_batch_size={global_batch_size} must be a positive multiple "
+            f"of process_count={pc}"
+        )
+    if len(source) == 0:
+        raise ValueError(f"{source!r} is empty")
+    if source.num_frames < num_frames:
+        raise ValueError(f"{source!r}: clips have {source.num_frames} frames < {num_frames}")
+    local = global_batch_size // pc
+    if train:
+        ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+        ds = ds.random_map(_Window(num_frames))
+    else:
+        padded = -(-len(source) // global_batch_size) * global_batch_size
+        ds = grain.MapDataset.source(_PaddedClips(source, padded)).map(_First(num_frames))
+    ds = ds[pi::pc]
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * local, 4))
+    return ds.to_iter_dataset(read).batch(local, drop_remainder=True)
+
+
+def synthetic_dir(num_frames: int = 30, block: bool = False, kind: str = "m3so") -> pathlib.Path:
+    """A tiny dataset from scikit-learn digits in the cache, generated once (64 / 16 clips).
+
+    kind "m3so": M3SO-NB (M3SO with `block`, the block from frame num_frames // 2 on);
+    kind "frames": M3SO-NB re-rendered as 64x64 RGB at 30 fps with 45x17 patches (each 10 fps
+    frame shown 3 times, the tone resampled to 24 kHz), for the real-video configs' `:tiny`.
+    """
+    if kind == "frames":
+        name = f"frames_tiny_T{num_frames}"
+    else:
+        name = f"m3so{'' if block else '_nb'}_tiny_T{num_frames}"
+    out = cache_dir() / name
+    if any(out.glob("avjax_*/*/dataset_info.json")):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
+    try:
+        if kind == "frames":
+            _write_tiny_frames(tmp, num_frames)
+        else:
+            config = m3so.M3soConfig(
+                block=block,
+                num_frames=num_frames,
+                block_start_frame=max(0, num_frames // 2 - 1) if block else None,
+            )
+            m3so_tfds.write_m3so(
+                tmp,
+                pools=m3so.load_digits(None),
+                config=config,
+                seed=0,
+                num_train=TINY_TRAIN,
+                num_val=0,
+                num_test=TINY_TEST,
+            )
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process won the race: use its copy
+            if not (out / "avjax_m3so").is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_tiny_frames(out: pathlib.Path, num_frames: int):
+    """M3SO-NB re-rendered in the real-video form: 64x64 RGB at 30 fps, 45x17 patches."""
+    from data_pipelines import video_frames as vf
+
+    pools = m3so.load_digits(None)
+    src_frames = -(-num_frames // 3)  # 10 fps clips, each frame shown 3 times
+    cfg = m3so.M3soConfig(num_frames=src_frames)
+    rows = np.arange(vf.IMAGE_SIZE) * m3so.CANVAS // vf.IMAGE_SIZE  # nearest 48 -> 64
+    t_in = np.arange(src_frames * m3so.SAMPLES_PER_FRAME) / m3so.SAMPLE_RATE
+    t_out = np.arange(num_frames * vf.SAMPLES_PER_FRAME) / vf.SAMPLE_RATE
+    tint = np.array([[1.0, 0.6, 0.2], [0.3, 1.0, 0.5], [0.4, 0.6, 1.0]], np.float32)
+
+    def gen(split: str, num: int):
+        def examples():
+            clips = m3so.generate(pools, split, range(num), seed=0, config=cfg)
+            for i in range(num):
+                grey = clips["frames"][i, :, :, :, 0][:, rows][:, :, rows].repeat(3, axis=0)
+                rgb = (grey[:num_frames, ..., None] * tint[i % 3]).astype(np.uint8)
+                wave = np.interp(t_out, t_in, clips["waveform"][i]).astype(np.float32)
+                feats = m3so.audio_features(wave, vf.SAMPLES_PER_FRAME, vf.N_FFT, vf.HOP)
+                yield (
+                    i,
+                    {
+                        "frames": rgb,
+                        "audio": feats,
+                        "waveform": wave,
+                        "block": np.zeros(4, np.int32),
+                        "label": int(clips["label"][i]),
+                        "id": f"{split}/{i:06d}",
+                    },
+                )
+
+        return examples
+
+    builder = m3so_tfds.AvFramesBuilder(
+        splits={"train": gen("train", TINY_TRAIN), "test": gen("test", TINY_TEST)},
+        num_frames=num_frames,
+        frame_shape=(vf.IMAGE_SIZE, vf.IMAGE_SIZE, 3),
+        audio_shape=vf.AUDIO_SHAPE,
+        samples_per_frame=vf.SAMPLES_PER_FRAME,
+        metadata={"kind": "frames", "fps": vf.FPS, "synthetic": "m3so_nb_64rgb"},
+        data_dir=os.fspath(out),
+    )
+    m3so_tfds.prepare(builder)
+
+
+def _resolve(config) -> pathlib.Path:
+    d = config.data
+    if d.get("dir"):
+        path = pathlib.Path(d.dir).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"config.data.dir: {path} is not a directory")
+        return path
+    if d.get("synthetic"):
+        kind = d.get("kind", "m3so")
+        if kind not in ("m3so", "frames"):
+            raise ValueError(f"config.data.kind={kind!r}: expected 'm3so' or 'frames'")
+        need = d.n_past + max(d.n_future, d.get("n_eval", 0))
+        return synthetic_dir(max(30, need), block=bool(d.get("block", False)), kind=kind)
+    raise ValueError(
+        "config.data.dir is not set: pass --config.data.dir=DIR made by "
+        "`python launch/make_m3so.py --out DIR` (M3SO) or `python launch/preprocess.py "
+        "--target sound2sight --videos V --out DIR` (real clips), or use the ':tiny' variant"
+    )
+
+
+def _check(source: m3so_tfds.ClipSource, config, length: int, what: str):
+    d = config.data
+    h, w, c = source.frame_shape
+    if "kind" in d and d.kind != source.kind:
+        raise ValueError(f"config.data.kind={d.kind!r} but {source.path} holds {source.kind!r}")
+    if "image_size" in d and (h, w) != (d.image_size, d.image_size):
+        raise ValueError(
+            f"config.data.image_size={d.image_size} but {source.path} has {h}x{w} frames"
+        )
+    if "channels" in d and c != d.channels:
+        raise ValueError(f"config.data.channels={d.channels} but {source.path} has {c} channels")
+    if "audio_shape" in d and tuple(d.audio_shape) != tuple(source.audio_shape):
+        raise ValueError(
+            f"config.data.audio_shape={tuple(d.audio_shape)} but {source.path} has audio "
+            f"patches {source.audio_shape}"
+        )
+    if source.num_frames < length:
+        raise ValueError(
+            f"{source.path} split {source.split!r}: clips have {source.num_frames} frames, "
+            f"fewer than {what} = {length}; regenerate with more frames "
+            "(make_m3so.py --num_frames / preprocess.py --num_frames) or lower those fields"
+        )
+
+
+def make_inputs(config) -> Inputs:
+    """Train iterator, eval iterator factory and (empty) stats for `config.task='sound2sight'`."""
+    d = config.data
+    data_dir = _resolve(config)
+    train_len = d.n_past + d.n_future
+    eval_len = d.n_past + d.get("n_eval", d.n_future)
+    train_split = d.get("train_split", "train")
+    train_src = m3so_tfds.open_clips(data_dir, train_split)
+    _check(train_src, config, train_len, "config.data.n_past + config.data.n_future")
+    logging.info("train data: %r from %s", train_src, data_dir)
+    common = dict(global_batch_size=d.global_batch_size, read_threads=d.get("read_threads", 4))
+    train_ds = make_clip_dataset(
+        train_src, num_frames=train_len, seed=config.seed, train=True, **common
+    )
+    eval_iter_fn = None
+    if d.get("eval_split"):
+        eval_src = m3so_tfds.open_clips(data_dir, d.eval_split)
+        _check(eval_src, config, eval_len, "config.data.n_past + config.data.n_eval")
+        eval_iter_fn = lambda: iter(
+            make_clip_dataset(
+                eval_src, num_frames=eval_len, seed=config.seed, train=False, **common
+            )
+        )
+    class_names = tuple(train_src.metadata.get("class_names", ()))
+    return Inputs(iter(train_ds), eval_iter_fn, {}, class_names, data_dir)
