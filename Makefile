@@ -42,6 +42,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/specvqgan_codebook.py --out benchmarks/results
+	$(PY) benchmarks/specvqgan_sampling.py --out benchmarks/results
+	$(PY) benchmarks/melgan_vocoder.py --out benchmarks/results
+	$(PY) benchmarks/sound2sight.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) .jax_cache workdirs

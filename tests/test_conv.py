@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from avjax.nn import conv
 from avjax.nn.conv import conv_general_dilated
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -21,7 +22,8 @@ DN = ("NHWC", "HWIO", "NHWC")
         ((1, 8, 8, 2), 3, (1, 2), "SAME"),
     ],
 )
-def test_values_and_gradients_match_lax(x_shape, k, strides, padding):
+def test_values_and_gradients_match_lax(x_shape, k, strides, padding, monkeypatch):
+    monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)  # the matmul path at test sizes
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, x_shape)
     w = jax.random.normal(kw, (k, k, x_shape[-1], 5))
@@ -37,7 +39,8 @@ def test_values_and_gradients_match_lax(x_shape, k, strides, padding):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
-def test_other_convolutions_fall_through_to_lax():
+def test_other_convolutions_fall_through_to_lax(monkeypatch):
+    monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)
     x = jnp.ones((1, 6, 6, 4))
     w = jnp.ones((3, 3, 2, 4))
     y = conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)

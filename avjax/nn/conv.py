@@ -10,7 +10,8 @@ undilated, ungrouped conv is computed as one matmul per kernel tap,
 
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :],
 
-which runs at matmul speed on every backend. Other convolutions fall through to lax.
+which runs at matmul speed on every backend. Other convolutions, and inputs smaller than
+`MIN_ELEMENTS` (where XLA's own gradient is cheap and compiles faster), fall through to lax.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+MIN_ELEMENTS = 2**22  # [B, H, W, C] inputs at least this large use the matmul gradient
 
 
 def _is_channels_last(dimension_numbers, ndim: int) -> bool:
@@ -57,6 +59,7 @@ def conv_general_dilated(
         and feature_group_count == 1
         and batch_group_count == 1
         and preferred_element_type is None
+        and lhs.size >= MIN_ELEMENTS
     )
     if not simple:
         return lax.conv_general_dilated(
