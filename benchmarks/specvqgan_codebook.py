@@ -114,6 +114,7 @@ def main():
         "num_devices": jax.device_count(),
         "host": platform.node(),
         "disc_recompute": config.loss.disc_recompute,
+        "cpu_matmul_conv_grad": os.environ.get("AVJAX_CPU_MATMUL_CONV_GRAD", "0") == "1",
         # Other processes compete for the CPU when this is well above 0 (timings then inflate).
         "load_average_1min_before": load_before,
         "compile_s": round(compile_s, 2),

@@ -24,6 +24,7 @@ DN = ("NHWC", "HWIO", "NHWC")
 )
 def test_values_and_gradients_match_lax(x_shape, k, strides, padding, monkeypatch):
     monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)  # the matmul path at test sizes
+    monkeypatch.setattr(conv, "ENABLED", True)
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, x_shape)
     w = jax.random.normal(kw, (k, k, x_shape[-1], 5))
@@ -41,6 +42,7 @@ def test_values_and_gradients_match_lax(x_shape, k, strides, padding, monkeypatc
 
 def test_other_convolutions_fall_through_to_lax(monkeypatch):
     monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(conv, "ENABLED", True)
     x = jnp.ones((1, 6, 6, 4))
     w = jnp.ones((3, 3, 2, 4))
     y = conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)

@@ -10,15 +10,17 @@ undilated, ungrouped conv is computed as one matmul per kernel tap,
 
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :],
 
-which runs at matmul speed. It is used on CPU only (GPU and TPU kernel gradients are fast)
-and for inputs of at least `MIN_ELEMENTS` (below, XLA's own is cheap and compiles faster);
-everything else falls through to lax. Cost: higher peak memory (the paper codebook step
-at batch 2 peaks at ~16 GiB instead of ~8 GiB) for a ~14% faster step.
+which runs at matmul speed. Opt-in (`AVJAX_CPU_MATMUL_CONV_GRAD=1`), CPU only (GPU and
+TPU kernel gradients are fast), for inputs of at least `MIN_ELEMENTS` (below, XLA's own is
+cheap and compiles faster); everything else falls through to lax. Why opt-in: the paper
+codebook step at batch 2 gets faster (26.6 s) but peaks at ~16 GiB instead of ~8 GiB, and
+the official batch 3 then no longer fits a 24 GiB machine.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,7 @@ from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 MIN_ELEMENTS = 2**22  # [B, H, W, C] inputs at least this large use the matmul gradient
+ENABLED = os.environ.get("AVJAX_CPU_MATMUL_CONV_GRAD", "0") == "1"
 
 
 def _is_channels_last(dimension_numbers, ndim: int) -> bool:
@@ -62,6 +65,7 @@ def conv_general_dilated(
         and batch_group_count == 1
         and preferred_element_type is None
         and lhs.size >= MIN_ELEMENTS
+        and ENABLED
         and jax.default_backend() == "cpu"  # cuDNN / TPU kernel gradients are fast already
     )
     if not simple:
