@@ -43,3 +43,22 @@ def vas_samples(shared_data) -> pathlib.Path:
     if not root.is_dir():
         pytest.skip(f"VAS samples not found at {root}")
     return root
+
+
+# Files with the longest compiles run first, so `-n 2` workers do not end on a long tail.
+_HEAVY_FIRST = (
+    "test_train_sound2sight.py",
+    "test_train_vqgan.py",
+    "test_melception.py",
+    "test_sample_cli.py",
+    "test_melgan.py",
+    "test_gpt.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return _HEAVY_FIRST.index(name) if name in _HEAVY_FIRST else len(_HEAVY_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside each file is kept
