@@ -7,6 +7,7 @@ imported with `launch/convert_checkpoint.py --kind melgan`).
 
 from __future__ import annotations
 
+import abc
 import json
 import pathlib
 
@@ -18,7 +19,7 @@ from avjax.audio import griffin_lim
 from avjax.audio import mel as mel_lib
 
 
-class Vocoder:
+class Vocoder(abc.ABC):
     """Base class: `vocoder(mel01 [B, 80, T]) -> float32 [B, 256 * T]` at 22050 Hz."""
 
     spec: mel_lib.MelSpec = mel_lib.DEFAULT
@@ -45,8 +46,9 @@ class Vocoder:
     def hop_length(self) -> int:
         return self.spec.hop_length
 
+    @abc.abstractmethod
     def __call__(self, mel01) -> np.ndarray:
-        raise NotImplementedError
+        """[B, n_mels, T] mels in [0, 1] -> float32 waveforms [B, hop_length * T]."""
 
 
 class GriffinLimVocoder(Vocoder):
