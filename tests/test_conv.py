@@ -1,4 +1,4 @@
-"""The matmul kernel-gradient convolution equals lax.conv_general_dilated and its gradients."""
+"""The CPU matmul convolutions (im2col, matmul kernel gradient, col2im transpose) equal lax."""
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +22,14 @@ DN = ("NHWC", "HWIO", "NHWC")
         ((1, 8, 8, 2), 3, (1, 2), "SAME"),
     ],
 )
-def test_values_and_gradients_match_lax(x_shape, k, strides, padding, monkeypatch):
-    monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)  # the matmul path at test sizes
-    monkeypatch.setattr(conv, "ENABLED", True)
+@pytest.mark.parametrize("path", ["im2col", "matmul_kernel_grad"])
+def test_values_and_gradients_match_lax(x_shape, k, strides, padding, path, monkeypatch):
+    if path == "im2col":
+        monkeypatch.setattr(conv, "IM2COL_MIN_FEATURES", 0)  # im2col at test sizes
+    else:
+        monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)  # the matmul gradient at test sizes
+        monkeypatch.setattr(conv, "ENABLED", True)
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, x_shape)
     w = jax.random.normal(kw, (k, k, x_shape[-1], 5))
@@ -50,3 +55,56 @@ def test_other_convolutions_fall_through_to_lax(monkeypatch):
         x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2
     )
     np.testing.assert_array_equal(y, ref)
+
+
+def test_im2col_is_picked_by_size(monkeypatch):
+    """Wide outputs with a small patch matrix take im2col; thin outputs stay with lax."""
+    calls = []
+    monkeypatch.setattr(conv, "im2col_conv", lambda *a, **k: calls.append(a[1].shape))
+    x = jnp.ones((2, 5, 4, 8))
+    conv_general_dilated(x, jnp.ones((4, 4, 8, 64)), (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
+    conv_general_dilated(x, jnp.ones((4, 4, 8, 4)), (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
+    monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 10)
+    conv_general_dilated(x, jnp.ones((4, 4, 8, 64)), (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
+    assert calls == [(4, 4, 8, 64)]
+
+
+@pytest.mark.parametrize(
+    "hw, k, s, p",
+    [
+        ((5, 6), 4, 2, 1),  # k - 2p == s: per-phase overlap-add (DCGAN upconv)
+        ((1, 1), 6, 1, 0),  # 1x1 -> 6x6 (Sound2Sight decoder input)
+        ((3, 4), 3, 2, 1),  # strided pad placement, odd output
+        ((3, 3), 4, 1, 0),
+        ((4, 3), 5, 3, 1),  # k - 2p == s with stride 3
+    ],
+)
+def test_conv_transpose_matches_pytorch_formula_and_lax_gradients(hw, k, s, p):
+    """out[s*i + t - p] += x[i] w[t] (PyTorch ConvTranspose2d); gradients equal lax's."""
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (2, *hw, 3))
+    w = jax.random.normal(kw, (k, k, 3, 4))
+    y = jax.jit(conv.conv_transpose, static_argnums=(2, 3))(x, w, (s, s), (p, p))
+    xn, wn = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    size = [(n - 1) * s + k - 2 * p for n in hw]
+    want = np.zeros((2, *size, 4))
+    for i in range(hw[0]):
+        for j in range(hw[1]):
+            for ty in range(k):
+                for tx in range(k):
+                    oy, ox = s * i + ty - p, s * j + tx - p
+                    if 0 <= oy < size[0] and 0 <= ox < size[1]:
+                        want[:, oy, ox] += xn[:, i, j] @ wn[ty, tx]
+    np.testing.assert_allclose(y, want, atol=1e-4)
+
+    def ref(x, w):  # the same operator as an lhs-dilated convolution
+        pad = [(k - 1 - p, k - 1 - p)] * 2
+        return lax.conv_general_dilated(
+            x, w[::-1, ::-1], (1, 1), pad, lhs_dilation=(s, s), dimension_numbers=DN
+        )
+
+    g = jax.random.normal(kg, y.shape)
+    got = jax.grad(lambda x, w: jnp.sum(conv.conv_transpose(x, w, (s, s), (p, p)) * g), (0, 1))
+    want_g = jax.grad(lambda x, w: jnp.sum(ref(x, w) * g), (0, 1))
+    for a, b in zip(got(x, w), want_g(x, w), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

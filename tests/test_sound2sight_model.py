@@ -215,7 +215,7 @@ def test_discriminator_negatives_on_hand_built_tensors():
 
 @pytest.mark.parametrize("k,s,p,hw", [(4, 2, 1, 5), (6, 1, 0, 1), (4, 1, 0, 1)])
 def test_conv_transpose_equals_pytorch_formula(k, s, p, hw):
-    """The sub-pixel / padded-conv ConvTranspose == PyTorch's out[s*i + t - p] += x[i] w[t]."""
+    """The col2im ConvTranspose module (with bias) == PyTorch's out[s*i + t - p] += x[i] w[t]."""
     x = jax.random.normal(jax.random.PRNGKey(0), (2, hw, hw, 3))
     m = ConvTranspose(5, k, (s, s), (p, p))
     v = m.init(jax.random.PRNGKey(1), x)

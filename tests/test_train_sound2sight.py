@@ -119,6 +119,94 @@ def test_official_switch_freezes_discriminator_encoders():
     assert any(np.any(a != b) for a, b in zip(bs0, bs1))
 
 
+def _naive_grads(task, state, batch):
+    """Both gradients by plain autodiff, every discriminator embedding re-run in each loss."""
+    from avjax.losses.kl import kl_criterion
+    from avjax.models.sound2sight import discriminator as dl
+    from avjax.models.sound2sight.discriminator import Discriminator as D
+    from avjax.train.tasks.sound2sight import _ce
+
+    lw, n = task.loss, task.disc.buffer
+    k_eps, k_drop = jax.random.split(jax.random.fold_in(state["rng"], state["step"]))
+    x = frames01(batch["frames"], task.frame_scale)
+    a = jnp.asarray(batch["audio"])
+    b, t = x.shape[:2]
+    eps = jax.random.normal(k_eps, (b, t - 1, task.gen.z_dim), jnp.float32)
+    w_adv = lw.adv_weight(state["step"])
+    gp, dp = state["params"]["gen"], state["params"]["disc"]
+    win = dl.window_index(t - 1, n)
+    bs = state["batch_stats"]["disc"]
+    emb = lambda dp, m, v: task._d_embed(dp, bs, m, v)[0]
+    call = lambda dp, m, *v: task._d_call(dp, m, *v)
+
+    def pred_of(gp):
+        out, _ = task.gen.apply(
+            {"params": gp, "batch_stats": state["batch_stats"]["gen"]},
+            x,
+            a,
+            eps,
+            train=True,
+            rngs={"dropout": k_drop},
+            mutable=["batch_stats"],
+        )
+        return out
+
+    def g_loss(gp):
+        out = pred_of(gp)
+        r_e = jax.lax.stop_gradient(emb(dp, D.embed_frames, x[:, 1:]))
+        a_e = jax.lax.stop_gradient(emb(dp, D.embed_audio, a[:, 1:]))
+        f_e = emb(dp, D.embed_frames, out["pred"])
+        fw = dl.make_windows(r_e, f_e, n)
+        adv = (
+            _ce(call(dp, D.score, fw, a_e[:, win]), 1)
+            + _ce(call(dp, D.classify_frames, f_e[:, n - 1 :]), 1)
+            + _ce(call(dp, D.score, fw, dl.roll_batch(a_e)[:, win]), lw.gen_mismatch_target)
+        ) / 3
+        mse = jnp.sum(jnp.mean(jnp.square(out["pred"] - x[:, 1:]), axis=(0, 2, 3, 4)))
+        kld = kl_criterion(out["mu"], out["logvar"], out["mu_p"], out["logvar_p"])
+        return mse + lw.beta * kld + w_adv * adv
+
+    pred = jax.lax.stop_gradient(pred_of(gp)["pred"])
+
+    def d_loss(dp):
+        r_e, a_e = emb(dp, D.embed_frames, x[:, 1:]), emb(dp, D.embed_audio, a[:, 1:])
+        f_e = emb(dp, D.embed_frames, pred)
+        score = lambda fw, aw: call(dp, D.score, fw, aw)
+        cls = lambda e: call(dp, D.classify_frames, e[:, n - 1 :])
+        rw, fw = dl.make_windows(r_e, r_e, n), dl.make_windows(r_e, f_e, n)
+        aw, rolled = a_e[:, win], dl.roll_batch(a_e)[:, win]
+        syn = _ce(score(fw, aw), 0) + _ce(cls(f_e), 0)
+        real = _ce(score(rw, aw), 1) + _ce(cls(r_e), 1)
+        mis = _ce(score(rw, rolled), 0) + _ce(score(fw, rolled), 0)
+        return real / 2 + (syn + mis) / 8
+
+    return jax.grad(g_loss)(gp), jax.grad(d_loss)(dp)
+
+
+def test_step_gradients_equal_plain_autodiff():
+    """The step's shared embedding forwards + pulled-back cotangents == naive jax.grad."""
+    import optax
+
+    c = tiny_config()
+    t = Sound2SightTask.from_config(c)
+    t = Sound2SightTask(t.gen, t.disc, t.loss, optax.sgd(1.0), optax.sgd(1.0), 6)
+    s0 = jax.jit(t.init)(jax.random.PRNGKey(0))
+    s0 = {**s0, "step": jnp.asarray(3, s0["step"].dtype)}  # adversarial weight on
+    batch = jax.tree.map(jnp.asarray, _batch(c))
+    s1, _ = jax.jit(t.train_step)(s0, batch)
+    g_ref, d_ref = jax.jit(lambda s, b: _naive_grads(t, s, b))(s0, batch)
+    for part, ref in (("gen", g_ref), ("disc", d_ref)):
+        p0, p1 = s0["params"][part], s1["params"][part]
+        leaves = jax.tree_util.tree_leaves_with_path(p0)
+        big = max(float(np.max(np.abs(r))) for r in jax.tree.leaves(ref))
+        for (path, a), b, r in zip(leaves, jax.tree.leaves(p1), jax.tree.leaves(ref)):
+            # p0 - p1 (SGD, lr 1) is the gradient up to float32 rounding of p0 itself; conv
+            # biases before BatchNorm have gradients that are rounding noise around 0.
+            tol = max(1e-4 * float(np.max(np.abs(r))), 2e-7 * float(np.max(np.abs(a))), 1e-5 * big)
+            np.testing.assert_allclose(a - b, r, atol=tol, rtol=1e-3, err_msg=str(path))
+    assert float(np.max(np.abs(d_ref["frame_encoder"]["c1"]["conv"]["kernel"]))) > 0
+
+
 def test_adversarial_schedule_and_frame_scaling():
     lc = LossConfig(steps_per_epoch=72)
     w = jax.jit(lc.adv_weight)

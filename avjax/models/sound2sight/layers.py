@@ -23,7 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from avjax.nn.conv import conv_general_dilated, conv_transpose
 
 Dtype = Any
 
@@ -135,6 +136,7 @@ class ConvBlock(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="conv",
+                conv_general_dilated=conv_general_dilated,
             )
         y = conv(y)
         y = y.reshape((*lead, *y.shape[1:]))
@@ -149,21 +151,12 @@ class ConvBlock(nn.Module):
         raise ValueError(f"unknown activation {self.act!r}")
 
 
-# Sub-pixel taps of a k4 / stride 2 / pad 1 transposed conv: output phase r in {0, 1} at
-# position 2m + r reads x[m - 1 + j] (j = 0, 1, 2) through kernel tap _PHASE_TAPS[r][j]
-# (4 = none): phase 0 = x[m-1] w3 + x[m] w1, phase 1 = x[m] w2 + x[m+1] w0.
-_PHASE_TAPS = np.array([[3, 1, 4], [4, 2, 0]])
-
-
 class ConvTranspose(nn.Module):
-    """PyTorch `ConvTranspose2d(k, stride, padding)` on NHWC without lhs-dilated convolutions.
+    """PyTorch `ConvTranspose2d(k, stride, padding)` on NHWC, as `conv.conv_transpose`.
 
-    XLA:CPU runs the gradients of an lhs-dilated convolution (`nn.ConvTranspose`) more
-    than 10x slower than the rest of the training step, so: stride 2 / k4 / pad 1 runs as
-    a 3x3 stride-1 convolution producing the four output phases (sub-pixel form, built
-    from the same 4x4 kernel), then depth-to-space; stride 1 runs as a padded plain
-    convolution with the flipped kernel. Same operator either way. The kernel
-    [k, k, in, out] is the PyTorch weight (in, out, k, k) transposed to (k, k, in, out).
+    One matmul plus overlap-add: XLA:CPU runs the gradients of an lhs-dilated convolution
+    (`nn.ConvTranspose`) more than 10x slower than the rest of the training step. The
+    kernel [k, k, in, out] is the PyTorch weight (in, out, k, k) transposed.
     """
 
     features: int
@@ -179,23 +172,7 @@ class ConvTranspose(nn.Module):
         w = self.param("kernel", dcgan_init, (k, k, cin, cout), self.param_dtype)
         b = self.param("bias", nn.initializers.zeros, (cout,), self.param_dtype)
         w, x = w.astype(self.dtype), x.astype(self.dtype)
-        dn = ("NHWC", "HWIO", "NHWC")
-        stride, padding = tuple(self.stride), tuple(self.padding)
-        if stride == (1, 1):
-            pad = [(k - 1 - p, k - 1 - p) for p in padding]
-            y = jax.lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), pad, dimension_numbers=dn)
-        elif stride == (2, 2) and padding == (1, 1) and k == 4:
-            wp = jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap 4 = zeros
-            t = _PHASE_TAPS.T  # [j, r]
-            kp = wp[t[:, None, :, None], t[None, :, None, :]]  # [jy, jx, ry, rx, in, out]
-            kp = kp.transpose(0, 1, 4, 2, 3, 5).reshape(3, 3, cin, 4 * cout)
-            y = jax.lax.conv_general_dilated(x, kp, (1, 1), [(1, 1), (1, 1)], dimension_numbers=dn)
-            n, h, wd = y.shape[:3]
-            y = y.reshape(n, h, wd, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)
-            y = y.reshape(n, 2 * h, 2 * wd, cout)
-        else:
-            raise ValueError(f"ConvTranspose: unsupported k={k} stride={stride} pad={padding}")
-        return y + b
+        return conv_transpose(x, w, tuple(self.stride), tuple(self.padding)) + b
 
 
 class LSTMCell(nn.Module):

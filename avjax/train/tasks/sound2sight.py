@@ -10,7 +10,10 @@ Per batch (T = n_past + n_future frames, steps i = 1..T-1, full teacher forcing)
   the schedule never recompiles the step;
 * discriminator loss = real/2 + (syn + mismatch)/8 on detached predictions (spec 1.8).
 Both Adam updates use the same forward pass (the official order: G and D gradients from
-one `train()` call). Frames are scaled in `frames01` (the official loader divides each frame
+one `train()` call); each discriminator embedding (real frames, audio, generated frames)
+runs forward once per step and its backward is pulled with both losses' cotangents, where
+plain autodiff would re-run the embeddings inside each loss (a test checks the two agree).
+The discriminator's BatchNorm running statistics are updated once per embedding. Frames are scaled in `frames01` (the official loader divides each frame
 by its own maximum; `config.data.frame_scale`).
 """
 
@@ -225,15 +228,17 @@ class Sound2SightTask:
         target, a_target = x[:, 1:], a[:, 1:]
         win = disc_lib.window_index(t - 1, n)
 
-        # Real-frame and audio embeddings (no generator gradient through them).
-        real_e, d_bs = self._d_embed(
-            dp, state["batch_stats"]["disc"], Discriminator.embed_frames, target
-        )
-        aud_e, d_bs = self._d_embed(dp, d_bs, Discriminator.embed_audio, a_target)
-        real_e, aud_e = jax.lax.stop_gradient(real_e), jax.lax.stop_gradient(aud_e)
+        # Each discriminator embedding runs forward once; its backward is pulled twice: the
+        # generator's cotangent through the fake frames, the discriminator's to its params.
+        def real_embeds(dp):
+            r_e, bs = self._d_embed(
+                dp, state["batch_stats"]["disc"], Discriminator.embed_frames, target
+            )
+            a_e, bs = self._d_embed(dp, bs, Discriminator.embed_audio, a_target)
+            return (r_e, a_e), bs
 
-        def g_loss_fn(gp):
-            out, g_upd = self.gen.apply(
+        def gen_forward(gp):
+            out, upd = self.gen.apply(
                 {"params": gp, "batch_stats": state["batch_stats"]["gen"]},
                 x,
                 a,
@@ -242,17 +247,27 @@ class Sound2SightTask:
                 rngs={"dropout": k_drop},
                 mutable=["batch_stats"],
             )
+            return out, upd["batch_stats"]
+
+        (real_e, aud_e), real_vjp, d_bs = jax.vjp(real_embeds, dp, has_aux=True)
+        out, gen_vjp, g_bs = jax.vjp(gen_forward, gp, has_aux=True)
+        fake_e, fake_vjp, d_bs = jax.vjp(
+            lambda dp, pred: self._d_embed(dp, d_bs, Discriminator.embed_frames, pred),
+            dp,
+            out["pred"],
+            has_aux=True,
+        )
+        score = lambda fw, aw: self._d_call(dp, Discriminator.score, fw, aw)
+        aud_w, rolled_w = aud_e[:, win], disc_lib.roll_batch(aud_e)[:, win]
+
+        def g_loss_fn(out, fake_e):
             pred = out["pred"]
             mse = jnp.sum(jnp.mean(jnp.square(pred - target), axis=(0, 2, 3, 4)))
             kld = kl_criterion(out["mu"], out["logvar"], out["mu_p"], out["logvar_p"])
-            fake_e, bs = self._d_embed(dp, d_bs, Discriminator.embed_frames, pred)
             fake_w = disc_lib.make_windows(real_e, fake_e, n)
-            gen_loss = _ce(self._d_call(dp, Discriminator.score, fake_w, aud_e[:, win]), 1)
+            gen_loss = _ce(score(fake_w, aud_w), 1)
             gen_syn = _ce(self._d_call(dp, Discriminator.classify_frames, fake_e[:, n - 1 :]), 1)
-            rolled = disc_lib.roll_batch(aud_e)[:, win]
-            gen_mis = _ce(
-                self._d_call(dp, Discriminator.score, fake_w, rolled), lw.gen_mismatch_target
-            )
+            gen_mis = _ce(score(fake_w, rolled_w), lw.gen_mismatch_target)
             adv = (gen_loss + gen_syn + gen_mis) / 3.0
             loss = mse + lw.beta * kld + w_adv * adv
             aux = dict(
@@ -264,24 +279,17 @@ class Sound2SightTask:
                 gen_mismatch_loss=gen_mis,
                 adv_weight=w_adv,
             )
-            return loss, (aux, g_upd["batch_stats"], bs, pred, fake_e)
+            return loss, aux
 
-        (_, (metrics, g_bs, d_bs, pred, fake_e)), g_grads = jax.value_and_grad(
-            g_loss_fn, has_aux=True
-        )(gp)
+        (_, metrics), (d_out, d_fake) = jax.value_and_grad(g_loss_fn, (0, 1), has_aux=True)(
+            out, fake_e
+        )
+        d_out = {**d_out, "pred": d_out["pred"] + fake_vjp(d_fake)[1]}
+        (g_grads,) = gen_vjp(d_out)
         upd, g_opt = self.g_tx.update(g_grads, state["opt_state"]["gen"], gp)
         gp = optax.apply_updates(gp, upd)
 
-        pred = jax.lax.stop_gradient(pred)
-        fake_e = jax.lax.stop_gradient(fake_e)
-
-        def d_loss_fn(dp):
-            if lw.train_disc_encoders:
-                r_e, bs = self._d_embed(dp, d_bs, Discriminator.embed_frames, target)
-                a_e, bs = self._d_embed(dp, bs, Discriminator.embed_audio, a_target)
-                f_e, bs = self._d_embed(dp, bs, Discriminator.embed_frames, pred)
-            else:  # official: the encoders never change, only their BN statistics move
-                r_e, a_e, f_e, bs = real_e, aud_e, fake_e, d_bs
+        def d_loss_fn(dp, r_e, a_e, f_e):
             score = lambda fw, aw: self._d_call(dp, Discriminator.score, fw, aw)
             cls = lambda e: self._d_call(dp, Discriminator.classify_frames, e[:, n - 1 :])
             real_w = disc_lib.make_windows(r_e, r_e, n)
@@ -291,9 +299,15 @@ class Sound2SightTask:
             real = _ce(score(real_w, aud_w), 1) + _ce(cls(r_e), 1)
             mis = _ce(score(real_w, rolled_w), 0) + _ce(score(fake_w, rolled_w), 0)
             loss = real / 2.0 + (syn + mis) / 8.0
-            return loss, (dict(d_loss=loss, d_real=real, d_syn=syn, d_mismatch=mis), bs)
+            return loss, dict(d_loss=loss, d_real=real, d_syn=syn, d_mismatch=mis)
 
-        (_, (d_metrics, d_bs)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(dp)
+        (_, d_metrics), (d_grads, d_re, d_ae, d_fe) = jax.value_and_grad(
+            d_loss_fn, (0, 1, 2, 3), has_aux=True
+        )(dp, real_e, aud_e, fake_e)
+        if lw.train_disc_encoders:
+            enc_grads = (real_vjp((d_re, d_ae))[0], fake_vjp(d_fe)[0])
+            d_grads = jax.tree.map(lambda g, r, f: g + r + f, d_grads, *enc_grads)
+        # else official: the encoders never change, only their BN statistics move
         upd, d_opt = self.d_tx.update(d_grads, state["opt_state"]["disc"], dp)
         dp = optax.apply_updates(dp, upd)
 
