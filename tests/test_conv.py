@@ -58,15 +58,19 @@ def test_other_convolutions_fall_through_to_lax(monkeypatch):
 
 
 def test_im2col_is_picked_by_size(monkeypatch):
-    """Wide outputs with a small patch matrix take im2col; thin outputs stay with lax."""
+    """im2col for small maps or raw-input first layers with wide outputs; else lax."""
     calls = []
     monkeypatch.setattr(conv, "im2col_conv", lambda *a, **k: calls.append(a[1].shape))
-    x = jnp.ones((2, 5, 4, 8))
-    conv_general_dilated(x, jnp.ones((4, 4, 8, 64)), (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
-    conv_general_dilated(x, jnp.ones((4, 4, 8, 4)), (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
+    pad = ((1, 1), (1, 1))
+    run = lambda x, w, s=1: conv_general_dilated(x, w, (s, s), pad, dimension_numbers=DN)
+    small, large, raw = jnp.ones((2, 5, 4, 8)), jnp.ones((1, 20, 20, 8)), jnp.ones((1, 20, 20, 1))
+    run(small, jnp.ones((4, 4, 8, 64)), 2)  # 2x2 output: im2col
+    run(small, jnp.ones((4, 4, 8, 4)), 2)  # 4 output channels: lax
+    run(large, jnp.ones((3, 3, 8, 64)))  # 20x20 output: lax
+    run(raw, jnp.ones((3, 3, 1, 32)))  # 1 input channel: im2col
     monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 10)
-    conv_general_dilated(x, jnp.ones((4, 4, 8, 64)), (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
-    assert calls == [(4, 4, 8, 64)]
+    run(small, jnp.ones((4, 4, 8, 64)), 2)  # patch matrix over the cap: lax
+    assert calls == [(4, 4, 8, 64), (3, 3, 1, 32)]
 
 
 @pytest.mark.parametrize(

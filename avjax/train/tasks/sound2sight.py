@@ -13,8 +13,9 @@ Both Adam updates use the same forward pass (the official order: G and D gradien
 one `train()` call); each discriminator embedding (real frames, audio, generated frames)
 runs forward once per step and its backward is pulled with both losses' cotangents, where
 plain autodiff would re-run the embeddings inside each loss (a test checks the two agree).
-The discriminator's BatchNorm running statistics are updated once per embedding. Frames are scaled in `frames01` (the official loader divides each frame
-by its own maximum; `config.data.frame_scale`).
+The discriminator's BatchNorm running statistics are updated once per embedding. Frames
+are scaled in `frames01` (the official loader divides each frame by its own maximum;
+`config.data.frame_scale`).
 """
 
 from __future__ import annotations
