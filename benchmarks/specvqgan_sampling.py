@@ -5,9 +5,7 @@
   python benchmarks/specvqgan_sampling.py --config tiny --no_cache_tokens 0
 
 For each batch size and weight dtype it measures the KV-cache sampler (`sampling.sample`:
-one prefill of the 212 condition frames, then a `lax.scan` of 265 one-token steps), the
-same with the token loop on the host (`sampling.sample_stepwise`, one jitted step per
-token: faster on CPU, where XLA runs matmuls inside a `while` body single-threaded) and,
+one prefill of the 212 condition frames, then a `lax.scan` of 265 one-token steps) and,
 in the same run, the no-cache sampler (`sampling.sample_no_cache`, the official
 evaluation sampler's algorithm: a full 476-position forward per token). The no-cache run
 of all 265 tokens is long on CPU, so `--no_cache_tokens N` times N tokens and
@@ -96,21 +94,6 @@ def main():
                 **kw,
             )
             row["kv_cache"] = {
-                "compile_s": round(compile_s, 2),
-                "run_s": round(run_s, 3),
-                "s_per_sample": round(run_s / batch, 3),
-                "ms_per_token": round(1e3 * run_s / num_tokens, 2),
-                "speedup_vs_official_cpu": round(OFFICIAL_CPU_S / (run_s / batch), 1),
-            }
-            compile_s, run_s = timed(
-                sampling.sample_stepwise,
-                args.repeats,
-                *(m, p, rng, feats1),
-                num_tokens=num_tokens,
-                num_samples=batch,
-                **kw,
-            )
-            row["kv_cache_stepwise"] = {
                 "compile_s": round(compile_s, 2),
                 "run_s": round(run_s, 3),
                 "s_per_sample": round(run_s / batch, 3),

@@ -28,6 +28,13 @@ Generate the data, train, resume (same command), evaluate (paper table, 100 samp
 Paper (best of 100, SSIM as the papers computed it): SSIM 0.9575 / 0.8943 / 0.8697 and
 PSNR 21.69 / 17.62 / 16.84 at frames 6 / 15 / 25.
 
+Short CPU run (`:small`, a quarter-width model; see README for the measured table):
+  python launch/make_m3so.py --out data/m3so_nb_small --mnist_dir ../shared/data/mnist \
+      --num_train 2000 --num_val 200 --num_test 200
+  python launch/train.py --config configs/sound2sight_m3so_nb.py:small \
+      --workdir workdirs/s2s_small --config.data.dir=data/m3so_nb_small
+  python launch/evaluate.py --workdir workdirs/s2s_small --num_samples 20
+
 CPU smoke run on a small embedded M3SO-NB (made from scikit-learn's digits), then its eval:
   python launch/train.py --config configs/sound2sight_m3so_nb.py:tiny --workdir workdirs/s2s_tiny
   python launch/evaluate.py --workdir workdirs/s2s_tiny --num_samples 10
@@ -41,7 +48,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, tiny=False)
+    args = common.parse_arg(arg, tiny=False, small=False)
     c = ml_collections.ConfigDict()
     c.task = "sound2sight"
     c.seed = 1
@@ -119,7 +126,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if args["tiny"]:
         apply_tiny(c)
+    if args["small"]:
+        apply_small(c)
     return c
+
+
+def apply_small(c: ml_collections.ConfigDict):
+    """A CPU-sized model for short runs on real M3SO-NB (2,000 training clips).
+
+    Quarter widths, 10 predicted frames in training, batch 16, 3,000 steps (~24 epochs
+    of 2,000 clips; the adversarial terms start after the first epoch).
+    """
+    c.data.n_future = 10
+    c.data.global_batch_size = 16
+    c.model.g_dim = 64
+    c.model.rnn_size = 64
+    c.model.nf = 16
+    c.model.audio_nf = 16
+    c.model.dim_ff = 64
+    c.model.num_heads = 2
+    c.disc.rnn_size = 64
+    c.loss.steps_per_epoch = 2000 // 16
+    c.train.num_steps = 3000
+    c.train.log_every = 50
+    c.train.checkpoint_every = 250
+    c.train.eval_every = 500
+    c.train.sample_every = 500
+    c.eval.num_samples = 20
 
 
 def apply_tiny(c: ml_collections.ConfigDict, n_past: int = 5, n_future: int = 5, n_eval: int = 10):

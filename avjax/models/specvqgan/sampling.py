@@ -9,8 +9,6 @@
   pass that fills the KV cache, then `lax.scan`s one token at a time. The cache of the
   B conditions is computed once and repeated for the `num_samples` samples of each.
   The token at sequence position j is drawn with `fold_in(rng, j)`: same key, same samples.
-* `sample_stepwise`: `sample` with the token loop on the host (one jitted cached step per
-  token), for CPU, where XLA runs matmuls inside a `while` body single-threaded.
 * `sample_no_cache`: the reference without a cache, as the official evaluation sampler
   (`generate_samples.py`): every step runs the full padded sequence (Tc + num_tokens - 1
   positions) and reads the logits at position Tc - 1 + j. Same keys as `sample`, so both
@@ -163,51 +161,6 @@ def _prefill(model: GPT, params, feats, labels, prime, num_tokens: int, num_samp
     )
     rep = lambda x: jnp.repeat(x, num_samples, axis=0)
     return jax.tree.map(rep, cache), rep(logits[:, -1]), rep(prime), tc
-
-
-_prefill_jit = jax.jit(_prefill, static_argnames=("model", "num_tokens", "num_samples"))
-
-
-@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
-def _decode_step(model: GPT, params, cache, last, rng, j, tc, temperature, top_k, top_p):
-    tok = draw(last, jax.random.fold_in(rng, j), temperature, top_k, top_p)
-    logits, cache = model.apply({"params": params}, tok[:, None], cache=cache, pos=tc + j)
-    return cache, logits[:, -1], tok
-
-
-def sample_stepwise(
-    model: GPT,
-    params,
-    rng,
-    feats=None,
-    labels=None,
-    prime=None,
-    *,
-    num_tokens: int,
-    num_samples: int = 1,
-    temperature=1.0,
-    top_k=0,
-    top_p=1.0,
-) -> jax.Array:
-    """`sample` with the token loop on the host: one jitted cached step per token.
-
-    Same keys and result as `sample`. For CPU only: XLA:CPU runs matmuls inside a
-    `while` body (the `lax.scan` of `sample`) single-threaded, so with 2+ cores a
-    host-driven loop of jitted steps (dispatch ~0.1 ms, donated cache) is faster there. On
-    GPU/TPU use `sample`.
-    """
-    cache, last, prime, tc = _prefill_jit(
-        model, params, feats, labels, prime, num_tokens=num_tokens, num_samples=num_samples
-    )
-    toks = []
-    for j in range(prime.shape[1], num_tokens - 1):
-        cache, last, tok = _decode_step(
-            model, params, cache, last, rng, j, tc, temperature, top_k, top_p
-        )
-        toks.append(tok)
-    final = draw(last, jax.random.fold_in(rng, num_tokens - 1), temperature, top_k, top_p)
-    toks = jnp.stack(toks, 1) if toks else jnp.zeros((prime.shape[0], 0), jnp.int32)
-    return jnp.concatenate([prime, toks, final[:, None]], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_tokens", "num_samples", "max_steps"))
