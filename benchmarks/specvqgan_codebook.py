@@ -132,6 +132,8 @@ def main():
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if config.loss.disc_recompute else "_reuse"
+    if result["cpu_matmul_conv_grad"]:
+        suffix += "_matmulgrad"
     path = out / f"specvqgan_codebook_{args.config}_b{args.batch}{suffix}_{dev.platform}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
