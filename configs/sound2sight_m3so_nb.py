@@ -30,7 +30,7 @@ PSNR 21.69 / 17.62 / 16.84 at frames 6 / 15 / 25.
 
 Short CPU run (`:small`, a quarter-width model; see README for the measured table):
   python launch/make_m3so.py --out data/m3so_nb_small --mnist_dir ../shared/data/mnist \
-      --num_train 2000 --num_val 200 --num_test 200
+      --num_train 2000 --num_val 64 --num_test 200
   python launch/train.py --config configs/sound2sight_m3so_nb.py:small \
       --workdir workdirs/s2s_small --config.data.dir=data/m3so_nb_small
   python launch/evaluate.py --workdir workdirs/s2s_small --num_samples 20
