@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices, a persistent compilation cache, parsed absl flags.
+"""Test setup: 8 fake CPU devices, fast compiles and a persistent cache, parsed absl flags.
 
 Environment variables must be set before JAX is imported anywhere, hence module level.
 """
@@ -9,7 +9,12 @@ import pathlib
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
+    _flags += " --xla_force_host_platform_device_count=8"
+# Test programs are tiny: compiling dominates, and LLVM's -O0 roughly halves it (the
+# Sound2Sight sharded-step test: 127 -> 67 CPU-s). The CLI subprocesses inherit it.
+if "xla_backend_optimization_level" not in _flags:
+    _flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = _flags.strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
