@@ -125,18 +125,10 @@ def im2col_conv(x, w, strides, padding, precision=None):
     ordered (i, j, ci), matching the kernel reshaped to [kh*kw*Ci, Co].
     """
     kh, kw, ci, co = w.shape
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     n = x.shape[0]
-    sh, sw = strides
-    ho = _out_size(x.shape[1], kh, sh, padding[0])
-    wo = _out_size(x.shape[2], kw, sw, padding[1])
-    cols = [
-        lax.slice(
-            xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci), (1, sh, sw, 1)
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    ho = _out_size(x.shape[1], kh, strides[0], padding[0])
+    wo = _out_size(x.shape[2], kw, strides[1], padding[1])
+    cols = _tap_slices(x, (kh, kw), strides, padding, (ho, wo))
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
     y = lax.dot_general(
         patches.reshape(-1, kh * kw * ci),
@@ -145,6 +137,19 @@ def im2col_conv(x, w, strides, padding, precision=None):
         precision=precision,
     )
     return y.reshape(n, ho, wo, co)
+
+
+def _tap_slices(x, kernel, strides, padding, out_hw) -> list:
+    """Kernel tap (i, j) -> the input pixels it meets, [N, Ho, Wo, Ci], taps in (i, j) order."""
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    (sh, sw), (ho, wo), n, ci = strides, out_hw, x.shape[0], x.shape[-1]
+    return [
+        lax.slice(
+            xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci), (1, sh, sw, 1)
+        )
+        for i in range(kernel[0])
+        for j in range(kernel[1])
+    ]
 
 
 def _lax_conv(x, w, strides, padding, precision):
@@ -167,26 +172,19 @@ def _conv_bwd(strides, padding, precision, res, g):
     x, w = res
     _, vjp_x = jax.vjp(lambda x_: _lax_conv(x_, w, strides, padding, precision), x)
     (dx,) = vjp_x(g)
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    n, ho, wo, _ = g.shape
-    sh, sw = strides
-    kh, kw, ci, _ = w.shape
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            end = (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci)
-            patch = lax.slice(xp, (0, i, j, 0), end, (1, sh, sw, 1))
-            # [N*Ho*Wo, Ci]^T @ [N*Ho*Wo, Co]: a single-contracting-dim dot (the 3-dim
-            # einsum "nhwc,nhwd->cd" lowers ~4x slower on XLA:CPU).
-            taps.append(
-                lax.dot_general(
-                    patch.reshape(-1, ci),
-                    g.reshape(-1, g.shape[-1]),
-                    (((0,), (0,)), ((), ())),
-                    precision=precision,
-                    preferred_element_type=jnp.float32,
-                )
-            )
+    ci = w.shape[2]
+    # Per tap [N*Ho*Wo, Ci]^T @ [N*Ho*Wo, Co]: a single-contracting-dim dot (the 3-dim
+    # einsum "nhwc,nhwd->cd" lowers ~4x slower on XLA:CPU).
+    taps = [
+        lax.dot_general(
+            patch.reshape(-1, ci),
+            g.reshape(-1, g.shape[-1]),
+            (((0,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=jnp.float32,
+        )
+        for patch in _tap_slices(x, w.shape[:2], strides, padding, g.shape[1:3])
+    ]
     dw = jnp.stack(taps).reshape(w.shape).astype(w.dtype)
     return dx, dw
 
