@@ -1,5 +1,6 @@
-"""Shared launcher set-up: JAX platform, compilation cache, multi-host init, default paths."""
+"""Shared launcher set-up: JAX platform, compilation cache, multi-host init, quieter logs."""
 
+import logging
 import os
 import pathlib
 
@@ -15,6 +16,15 @@ def setup_jax(multihost: bool = False):
     cache = os.environ.get("AVJAX_JAX_CACHE", str(REPO / ".jax_cache"))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    logging.getLogger("absl").addFilter(_quiet_library_info)
+
+
+_CHATTY = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+
+
+def _quiet_library_info(record: logging.LogRecord) -> bool:
+    """Drops INFO lines from Orbax and TFDS (dozens per checkpoint); keeps warnings."""
+    return record.levelno >= logging.WARNING or not any(c in record.pathname for c in _CHATTY)
 
 
 def default_workdir(argv) -> pathlib.Path:
