@@ -250,15 +250,17 @@ class Sound2SightTask:
             )
             return out, upd["batch_stats"]
 
-        (real_e, aud_e), real_vjp, d_bs = jax.vjp(real_embeds, dp, has_aux=True)
+        (real_e, aud_e), real_vjp, real_bs = jax.vjp(real_embeds, dp, has_aux=True)
         out, gen_vjp, g_bs = jax.vjp(gen_forward, gp, has_aux=True)
         fake_e, fake_vjp, d_bs = jax.vjp(
-            lambda dp, pred: self._d_embed(dp, d_bs, Discriminator.embed_frames, pred),
+            lambda dp, pred: self._d_embed(dp, real_bs, Discriminator.embed_frames, pred),
             dp,
             out["pred"],
             has_aux=True,
         )
-        score = lambda fw, aw: self._d_call(dp, Discriminator.score, fw, aw)
+        # Discriminator heads, shared by both losses: windows -> logits, frames -> logits.
+        score = lambda dp, fw, aw: self._d_call(dp, Discriminator.score, fw, aw)
+        cls = lambda dp, e: self._d_call(dp, Discriminator.classify_frames, e[:, n - 1 :])
         aud_w, rolled_w = aud_e[:, win], disc_lib.roll_batch(aud_e)[:, win]
 
         def g_loss_fn(out, fake_e):
@@ -266,9 +268,9 @@ class Sound2SightTask:
             mse = jnp.sum(jnp.mean(jnp.square(pred - target), axis=(0, 2, 3, 4)))
             kld = kl_criterion(out["mu"], out["logvar"], out["mu_p"], out["logvar_p"])
             fake_w = disc_lib.make_windows(real_e, fake_e, n)
-            gen_loss = _ce(score(fake_w, aud_w), 1)
-            gen_syn = _ce(self._d_call(dp, Discriminator.classify_frames, fake_e[:, n - 1 :]), 1)
-            gen_mis = _ce(score(fake_w, rolled_w), lw.gen_mismatch_target)
+            gen_loss = _ce(score(dp, fake_w, aud_w), 1)
+            gen_syn = _ce(cls(dp, fake_e), 1)
+            gen_mis = _ce(score(dp, fake_w, rolled_w), lw.gen_mismatch_target)
             adv = (gen_loss + gen_syn + gen_mis) / 3.0
             loss = mse + lw.beta * kld + w_adv * adv
             aux = dict(
@@ -291,14 +293,12 @@ class Sound2SightTask:
         gp = optax.apply_updates(gp, upd)
 
         def d_loss_fn(dp, r_e, a_e, f_e):
-            score = lambda fw, aw: self._d_call(dp, Discriminator.score, fw, aw)
-            cls = lambda e: self._d_call(dp, Discriminator.classify_frames, e[:, n - 1 :])
             real_w = disc_lib.make_windows(r_e, r_e, n)
             fake_w = disc_lib.make_windows(r_e, f_e, n)
             aud_w, rolled_w = a_e[:, win], disc_lib.roll_batch(a_e)[:, win]
-            syn = _ce(score(fake_w, aud_w), 0) + _ce(cls(f_e), 0)
-            real = _ce(score(real_w, aud_w), 1) + _ce(cls(r_e), 1)
-            mis = _ce(score(real_w, rolled_w), 0) + _ce(score(fake_w, rolled_w), 0)
+            syn = _ce(score(dp, fake_w, aud_w), 0) + _ce(cls(dp, f_e), 0)
+            real = _ce(score(dp, real_w, aud_w), 1) + _ce(cls(dp, r_e), 1)
+            mis = _ce(score(dp, real_w, rolled_w), 0) + _ce(score(dp, fake_w, rolled_w), 0)
             loss = real / 2.0 + (syn + mis) / 8.0
             return loss, dict(d_loss=loss, d_real=real, d_syn=syn, d_mismatch=mis)
 
