@@ -1,7 +1,8 @@
-"""VGGishish, torch-exact adaptive average pooling, and the VGGishish checkpoint converter."""
+"""VGGishish, torch-exact pooling, and the VGGishish checkpoint converter."""
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from avjax.convert.vggishish import vggishish_from_torch
 from avjax.models.specvqgan.classifiers import VGGishish, feature_layout, tap_indices
-from avjax.nn.pooling import adaptive_avg_pool2d
+from avjax.nn.pooling import adaptive_avg_pool2d, max_pool
 
 TINY = dict(conv_layers=(8, "MP", 16), num_classes=5, hidden=32, pool_size=(5, 10))
 
@@ -94,6 +95,23 @@ def test_adaptive_avg_pool_matches_numpy_loop(hw, out):
     want = np_adaptive_avg_pool(x.transpose(0, 3, 1, 2), oh, ow).transpose(0, 2, 3, 1)
     assert got.shape == (2, oh, ow, 3)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("hw, k", [((6, 8), 2), ((7, 9), 2), ((7, 8), 3)])
+def test_max_pool_matches_lax_values_and_first_max_gradient(hw, k):
+    """Floor-mode k x k / k pooling; ties (ReLU zeros, repeats) send the gradient to the
+    first maximum in row-major order, as `lax.reduce_window` and PyTorch do."""
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.normal(size=(2, *hw, 3)), 0).astype(np.float32)
+    x[0, 0, 0, 0] = x[0, 0, 1, 0] = x[0, 1, 0, 0] = 5.0  # a three-way tie in one window
+    x = jnp.asarray(x)
+    g = jnp.asarray(rng.normal(size=(2, hw[0] // k, hw[1] // k, 3)), jnp.float32)
+    ref = lambda x: nn.max_pool(x, (k, k), strides=(k, k))
+    np.testing.assert_array_equal(max_pool(x, k), ref(x))
+    got = jax.grad(lambda x: jnp.sum(max_pool(x, k) * g))(x)
+    want = jax.grad(lambda x: jnp.sum(ref(x) * g))(x)
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 0, 0, 0] == g[0, 0, 0, 0] and got[0, 0, 1, 0] == 0 and got[0, 1, 0, 0] == 0
 
 
 # ---- full-size model structure (shapes only, no real init) ----

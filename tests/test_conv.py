@@ -1,4 +1,4 @@
-"""The CPU matmul convolutions (im2col, matmul kernel gradient, col2im transpose) equal lax."""
+"""The CPU matmul convolutions (im2col, chunked kernel gradient, col2im transpose) equal lax."""
 
 import jax
 import jax.numpy as jnp
@@ -22,14 +22,15 @@ DN = ("NHWC", "HWIO", "NHWC")
         ((1, 8, 8, 2), 3, (1, 2), "SAME"),
     ],
 )
-@pytest.mark.parametrize("path", ["im2col", "matmul_kernel_grad"])
+@pytest.mark.parametrize("path", ["im2col", "chunked_kernel_grad"])
 def test_values_and_gradients_match_lax(x_shape, k, strides, padding, path, monkeypatch):
     if path == "im2col":
         monkeypatch.setattr(conv, "IM2COL_MIN_FEATURES", 0)  # im2col at test sizes
     else:
         monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 0)
-        monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)  # the matmul gradient at test sizes
-        monkeypatch.setattr(conv, "ENABLED", True)
+        monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)  # the chunked gradient at test sizes
+        n, _, wd, ci = x_shape  # chunks of 2 output rows; Ho is odd in most cases here
+        monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 2 * n * (wd + 2) * ci)
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, x_shape)
     w = jax.random.normal(kw, (k, k, x_shape[-1], 5))
@@ -47,7 +48,6 @@ def test_values_and_gradients_match_lax(x_shape, k, strides, padding, path, monk
 
 def test_other_convolutions_fall_through_to_lax(monkeypatch):
     monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(conv, "ENABLED", True)
     x = jnp.ones((1, 6, 6, 4))
     w = jnp.ones((3, 3, 2, 4))
     y = conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)

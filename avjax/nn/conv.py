@@ -2,11 +2,12 @@
 
 Pass it to `nn.Conv(conv_general_dilated=...)`. On GPU / TPU, and for anything but a
 channels-last (NHWC / HWIO), undilated, ungrouped conv, it *is* `lax.conv_general_dilated`.
-On CPU it picks one of two matmul formulations, because XLA:CPU's own convolutions are
-slow in two places (2-core reference machine):
+On CPU it replaces the slow parts of XLA:CPU's convolutions with matmuls (2-core
+reference machine, fp32 matmul ~390 GFLOP/s):
 
-* the kernel (weight) gradient runs through a generic loop: ~25 GFLOP/s for a 3x3
-  128->128 conv at [2, 80, 848], against ~170 for its forward and input gradient;
+* the kernel (weight) gradient on large maps runs at ~40 GFLOP/s (3x3 128->128 conv at
+  [2, 80, 848]), against ~200-300 for the forward and the stride-1 input gradient;
+* the input gradient of a strided conv is an lhs-dilated convolution, ~20 GFLOP/s;
 * convolutions with a small output and many channels are pathological: a k4/s2
   256->512 conv from 5x4 to 2x2 (Sound2Sight's audio encoder) takes 1.5 s forward and
   backward at batch 304, against 0.06 s as one matmul.
@@ -20,29 +21,47 @@ batch 320: 315 ms against 371; the codebook's first conv (1->128, 80x848): 37 ag
 On large maps with many channels (the codebook's 3x3 convs at 40x424 and below) XLA's
 convolution is faster (141 ms against 205 at [2, 40, 424, 128]), so they stay with lax.
 
-`matmul kernel gradient` (opt-in, `AVJAX_CPU_MATMUL_CONV_GRAD=1`, inputs of at least
-`MIN_ELEMENTS`): forward and input gradient stay XLA's; the kernel gradient is one matmul
-per tap, dW[i, j] = sum_{n,h,w} x_pad[n, s*h+i, s*w+j, :]^T g[n, h, w, :]. Opt-in because
-on the paper codebook step (batch 2) it is faster (26.6 s against 30.8 s) but peaks at
-~16 GiB instead of ~8 GiB, and the official batch 3 then no longer fits 24 GiB.
+`large-map gradients` (inputs of at least `MIN_ELEMENTS` that im2col does not take): the
+forward and the stride-1 input gradient stay XLA's. The kernel gradient is a `scan` over
+chunks of output rows, each adding kh*kw matmuls
+dW[i, j] += x_pad[n, s*h+i, s*w+j, :]^T g[n, h, w, :] over its rows; chunks hold about
+`CHUNK_ELEMENTS` input values, so the taps stay in cache and memory stays flat (195 ms
+against XLA's 1000 for the 3x3 128->128 conv at [2, 80, 848], 40 GFLOP). A strided conv's
+input gradient is col2im: one [N*Ho*Wo, Co] x [Co, kh*kw*Ci] matmul and an overlap-add.
+Together they took the paper codebook step (batch 2) from 29.0 to 17.0 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-MIN_ELEMENTS = 2**22  # [B, H, W, C] inputs at least this large use the matmul gradient
-ENABLED = os.environ.get("AVJAX_CPU_MATMUL_CONV_GRAD", "0") == "1"
+MIN_ELEMENTS = 2**21  # [B, H, W, C] inputs at least this large use the chunked gradient
+CHUNK_ELEMENTS = 2**19  # input values [N, rows, W, Ci] per chunk of the kernel gradient
 IM2COL_MAX_ELEMENTS = 2**26  # largest patch matrix [N*Ho*Wo, kh*kw*Ci] built (256 MiB f32)
 IM2COL_MIN_FEATURES = 32  # narrower outputs make a thin matmul: XLA's conv is faster
 IM2COL_MAX_OUTPUT_PIXELS = 144  # Ho*Wo up to 12x12: XLA:CPU's conv is slow on small maps
 IM2COL_MAX_IN_FEATURES = 4  # or a first layer on raw pixels / spectrogram bins
+_PLAIN_LAX = False
+
+
+@contextlib.contextmanager
+def plain_lax():
+    """Trace `conv_general_dilated` as plain `lax.conv_general_dilated` within the block.
+
+    For counting FLOPs: XLA's cost analysis counts the kernel gradient's `scan` body once.
+    """
+    global _PLAIN_LAX
+    before, _PLAIN_LAX = _PLAIN_LAX, True
+    try:
+        yield
+    finally:
+        _PLAIN_LAX = before
 
 
 def _is_channels_last(dimension_numbers, ndim: int) -> bool:
@@ -70,7 +89,7 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ):
-    """`lax.conv_general_dilated`, as im2col or with a matmul kernel gradient on CPU (above)."""
+    """`lax.conv_general_dilated`, as im2col or with a chunked kernel gradient on CPU (above)."""
     simple = (
         _is_channels_last(dimension_numbers, lhs.ndim)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
@@ -79,6 +98,7 @@ def conv_general_dilated(
         and batch_group_count == 1
         and preferred_element_type is None
         and jax.default_backend() == "cpu"  # cuDNN / TPU convolutions are fast already
+        and not _PLAIN_LAX
     )
     if simple:
         strides = tuple(int(s) for s in window_strides)
@@ -88,7 +108,7 @@ def conv_general_dilated(
         if all(lo >= 0 and hi >= 0 for lo, hi in padding):
             if _im2col_fits(lhs.shape, rhs.shape, strides, padding):
                 return im2col_conv(lhs, rhs, strides, padding, precision)
-            if ENABLED and lhs.size >= MIN_ELEMENTS:
+            if lhs.size >= MIN_ELEMENTS:
                 return _conv(lhs, rhs, strides, padding, precision)
     return lax.conv_general_dilated(
         lhs,
@@ -170,23 +190,51 @@ def _conv_fwd(x, w, strides, padding, precision):
 
 def _conv_bwd(strides, padding, precision, res, g):
     x, w = res
-    _, vjp_x = jax.vjp(lambda x_: _lax_conv(x_, w, strides, padding, precision), x)
-    (dx,) = vjp_x(g)
-    ci = w.shape[2]
-    # Per tap [N*Ho*Wo, Ci]^T @ [N*Ho*Wo, Co]: a single-contracting-dim dot (the 3-dim
-    # einsum "nhwc,nhwd->cd" lowers ~4x slower on XLA:CPU).
-    taps = [
-        lax.dot_general(
-            patch.reshape(-1, ci),
-            g.reshape(-1, g.shape[-1]),
-            (((0,), (0,)), ((), ())),
-            precision=precision,
-            preferred_element_type=jnp.float32,
-        )
-        for patch in _tap_slices(x, w.shape[:2], strides, padding, g.shape[1:3])
-    ]
-    dw = jnp.stack(taps).reshape(w.shape).astype(w.dtype)
-    return dx, dw
+    if strides == (1, 1):  # XLA's input gradient is a plain convolution: fast
+        _, vjp_x = jax.vjp(lambda x_: _lax_conv(x_, w, strides, padding, precision), x)
+        (dx,) = vjp_x(g)
+    else:  # XLA's is an lhs-dilated convolution (~20 GFLOP/s): col2im instead
+        n, ho, wo, co = g.shape
+        kh, kw, ci, _ = w.shape
+        cols = lax.dot(g.reshape(-1, co), w.reshape(-1, co).T, precision=precision)
+        cols = cols.reshape(n, ho, wo, kh, kw, ci)
+        dx = _overlap_add(cols, strides, (padding[0][0], padding[1][0]), x.shape[1:3])
+    return dx, _kernel_grad(x, g, w.shape, strides, padding, precision).astype(w.dtype)
+
+
+def _kernel_grad(x, g, w_shape, strides, padding, precision):
+    """dW [kh, kw, Ci, Co] (float32) of x [N, H, W, Ci] and g [N, Ho, Wo, Co], by row chunks."""
+    n, _, wd, ci = x.shape
+    _, ho, wo, co = g.shape
+    kh, kw = w_shape[:2]
+    sh = strides[0]
+    rows = int(min(ho, max(1, CHUNK_ELEMENTS // (n * (wd + sum(padding[1])) * ci))))
+    chunks = -(-ho // rows)
+    # Zero rows of g past Ho contribute nothing; x gets enough rows for the last chunk.
+    g = jnp.pad(g, ((0, 0), (0, chunks * rows - ho), (0, 0), (0, 0)))
+    in_rows = sh * (rows - 1) + kh
+    extra = max(0, sh * rows * (chunks - 1) + in_rows - (x.shape[1] + sum(padding[0])))
+    xp = jnp.pad(x, ((0, 0), (padding[0][0], padding[0][1] + extra), padding[1], (0, 0)))
+
+    def add_chunk(dw, k):
+        xs = lax.dynamic_slice_in_dim(xp, k * rows * sh, in_rows, axis=1)
+        gs = lax.dynamic_slice_in_dim(g, k * rows, rows, axis=1).reshape(-1, co)
+        # Per tap [Co, rows]·[rows, Ci]: a single-contracting-dim dot with g transposed
+        # (the einsum "nhwc,nhwd->cd" lowers ~4x slower on XLA:CPU).
+        taps = [
+            lax.dot(
+                gs.T,
+                patch.reshape(-1, ci),
+                precision=precision,
+                preferred_element_type=jnp.float32,
+            )
+            for patch in _tap_slices(xs, (kh, kw), strides, ((0, 0), (0, 0)), (rows, wo))
+        ]
+        return dw + jnp.stack(taps), None
+
+    dw = jnp.zeros((kh * kw, co, ci), jnp.float32)
+    dw, _ = lax.scan(add_chunk, dw, jnp.arange(chunks))
+    return dw.reshape(kh, kw, co, ci).transpose(0, 1, 3, 2)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -205,46 +253,39 @@ def conv_transpose(x, w, strides, padding):
       [N, (H-1)*sh + kh - 2*ph, (W-1)*sw + kw - 2*pw, Co].
 
     Every input pixel is multiplied by the whole kernel at once, [N*H*W, Ci] x
-    [Ci, kh*kw*Co], and tap (i, j) lands on output (s*m + i - p, s*n + j - p). This does
-    exactly the transposed conv's FLOPs as matmuls with a wide output (and matmul
-    gradients), where XLA:CPU's lhs-dilated convolution gradients are >10x slower and a
-    sub-pixel convolution wastes 5/9 of its FLOPs on zero taps. When k - 2p == s (the
-    usual k4 / s2 / p1) the taps are summed per output phase at input resolution and
-    interleaved; otherwise each tap is placed with a strided pad.
+    [Ci, kh*kw*Co]: exactly the transposed conv's FLOPs as matmuls with a wide output
+    (and matmul gradients), where XLA:CPU's lhs-dilated convolution gradients are >10x
+    slower and a sub-pixel convolution wastes 5/9 of its FLOPs on zero taps.
     """
     n, h, wd, ci = x.shape
     kh, kw, _, co = w.shape
     (sh, sw), (ph, pw) = strides, padding
     cols = x.reshape(-1, ci) @ w.transpose(2, 0, 1, 3).reshape(ci, kh * kw * co)
-    cols = cols.reshape(n, h, wd, kh, kw, co)
-    if kh - 2 * ph == sh and kw - 2 * pw == sw:
-        phases = [[0] * sw for _ in range(sh)]
-        for i in range(kh):
-            for j in range(kw):
-                r, c = (i - ph) % sh, (j - pw) % sw
-                tap = _shift(cols[:, :, :, i, j], (i - ph - r) // sh, (j - pw - c) // sw)
-                phases[r][c] = phases[r][c] + tap
-        y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [N, H, sh, W, sw, Co]
-        return y.reshape(n, h * sh, wd * sw, co)
-    ho, wo = (h - 1) * sh + kh - 2 * ph, (wd - 1) * sw + kw - 2 * pw
-    zero = jnp.zeros((), x.dtype)
-    y = 0
+    out = ((h - 1) * sh + kh - 2 * ph, (wd - 1) * sw + kw - 2 * pw)
+    return _overlap_add(cols.reshape(n, h, wd, kh, kw, co), strides, (ph, pw), out)
+
+
+def _overlap_add(cols, strides, start, out_hw):
+    """col2im: y[s*m + i - start] += cols[m, i] per axis, cropped/zero-filled to `out_hw`.
+
+    cols: [N, H, W, kh, kw, C], tap (i, j) of input pixel (m, n). Taps are summed per
+    output phase (i mod s, j mod s) at input resolution, then the phases interleave.
+    Returns [N, *out_hw, C].
+    """
+    n, h, wd, kh, kw, c = cols.shape
+    sh, sw = strides
+    ph_h, ph_w = h + (kh - 1) // sh, wd + (kw - 1) // sw  # rows / cols of one phase
+    zero = jnp.zeros((n, ph_h, ph_w, c), cols.dtype)
+    phases = [[zero] * sw for _ in range(sh)]
     for i in range(kh):
         for j in range(kw):
-            lo_h, lo_w = i - ph, j - pw
-            cfg = (
-                (0, 0, 0),
-                (lo_h, ho - (sh * (h - 1) + 1) - lo_h, sh - 1),
-                (lo_w, wo - (sw * (wd - 1) + 1) - lo_w, sw - 1),
-                (0, 0, 0),
+            di, dj = i // sh, j // sw
+            tap = jnp.pad(
+                cols[:, :, :, i, j], ((0, 0), (di, ph_h - h - di), (dj, ph_w - wd - dj), (0, 0))
             )
-            y = y + lax.pad(cols[:, :, :, i, j], zero, cfg)
-    return y
-
-
-def _shift(a, dy: int, dx: int):
-    """out[:, m, n] = a[:, m - dy, n - dx], zero where that is outside: [N, H, W, C]."""
-    _, h, w, _ = a.shape
-    a = jnp.pad(a, ((0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)), (0, 0)))
-    y0, x0 = max(-dy, 0), max(-dx, 0)
-    return a[:, y0 : y0 + h, x0 : x0 + w]
+            phases[i % sh][j % sw] = phases[i % sh][j % sw] + tap
+    y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [N, Ph, sh, Pw, sw, C]
+    y = y.reshape(n, ph_h * sh, ph_w * sw, c)
+    (top, left), (oh, ow) = start, out_hw
+    fill = ((0, 0), (0, max(0, top + oh - y.shape[1])), (0, max(0, left + ow - y.shape[2])), (0, 0))
+    return jnp.pad(y, fill)[:, top : top + oh, left : left + ow]

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from avjax.nn.conv import conv_general_dilated
-from avjax.nn.pooling import adaptive_avg_pool2d
+from avjax.nn.pooling import adaptive_avg_pool2d, max_pool
 
 VGGISHISH16_LAYERS: tuple[int | str, ...] = (
     64, 64, "MP", 128, 128, "MP", 256, 256, 256, "MP", 512, 512, 512, "MP", 512, 512, 512,
@@ -123,7 +123,7 @@ class VGGishish(nn.Module):
             elif kind == "relu":
                 x = nn.relu(x)
             else:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x, 2)
             if idx in taps:
                 outs.append(x)
         if not head:
