@@ -94,7 +94,8 @@ def main():
         compiled = step.lower(state, b).compile()
         result["train_compile_s"] = round(time.perf_counter() - t0, 2)
         with conv.plain_lax():  # XLA counts a scan body once: count plain-lax convolutions
-            cost = step.lower(state, b).cost_analysis()
+            fresh = jax.jit(lambda s, bb: task.train_step(s, bb))  # a new trace, not a cached one
+            cost = fresh.lower(state, b).cost_analysis()
         result["train_step_gflop"] = round(cost.get("flops", 0.0) / 1e9, 1)
         s, times = min_time(lambda st, bb: compiled(st, bb)[1], state, b, repeats=args.repeats)
         result.update(train_step_s=round(s, 4), train_steps_per_s=round(1 / s, 3))

@@ -87,7 +87,8 @@ def main():
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     with conv.plain_lax():  # XLA counts a scan body once: count the plain-lax step instead
-        cost = jax.jit(task.train_step).lower(state, batch).cost_analysis()
+        fresh = jax.jit(lambda s, b: task.train_step(s, b))  # a new trace, not a cached one
+        cost = fresh.lower(state, batch).cost_analysis()
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
     state, _ = compiled(state, batch)
