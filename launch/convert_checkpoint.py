@@ -1,15 +1,25 @@
-"""Imports official SpecVQGAN PyTorch weights as an avjax run directory.
+"""Imports official SpecVQGAN / Sound2Sight PyTorch weights as an avjax run directory.
 
   python launch/convert_checkpoint.py --kind codebook --torch vggsound_codebook.ckpt --out W
   python launch/convert_checkpoint.py --kind vggishish --torch vggishish16.pt --out W
   python launch/convert_checkpoint.py --kind transformer --torch vggsound_transformer.ckpt --out W
   python launch/convert_checkpoint.py --kind melgan --torch melgan_vggsound.pt --out W
   python launch/convert_checkpoint.py --kind melception --torch melception.pt --out W
+  python launch/convert_checkpoint.py --kind sound2sight --torch model.pth \
+      --official_repo Sound2Sight/ --out W [--config configs/sound2sight_m3so_nb.py]
 
 --torch reads `.pt`/`.ckpt` (needs `pip install -e '.[torch]'`) or a numpy `.npz` of the
 same state dict. The codebook architecture defaults to the paper's (VGGSound or VAS, from
 the codebook size); pass --config for another. W then works with `launch/codec.py`
 (codebook) or as `--config.loss.lpaps_backbone=W` (vggishish).
+
+Sound2Sight's `model.pth` pickles whole modules: reading it unpickles classes from the
+official repository's `models/` package, so --official_repo names that checkout (an `.npz`
+of the flat `<module>.<key>` dict needs neither torch nor the repository). The config
+defaults to M3SO-NB; pass the drums / painting one for 64 px checkpoints. W holds a whole
+train state at step 0 (fresh Adam moments: the file has no optimizer state):
+`launch/evaluate.py --workdir W --data_dir D` evaluates it, and `launch/train.py --config C
+--workdir W` resumes training from it (the data order starts afresh).
 """
 
 import pathlib
@@ -19,6 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import importlib
 
+import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -39,17 +50,26 @@ CONVERTERS = {
     ),
     "melgan": ("configs.melgan_vggsound", "avjax.convert.melgan:melgan_from_torch"),
     "melception": ("configs.melception_vggsound", "avjax.convert.melception:melception_from_torch"),
+    "sound2sight": (
+        "configs.sound2sight_m3so_nb",
+        "avjax.convert.sound2sight:sound2sight_run_state",
+    ),
 }
 
 flags.DEFINE_enum("kind", None, ["codebook", "vggishish", *CONVERTERS], "what the checkpoint holds")
 flags.DEFINE_string("torch", None, "official checkpoint (.pt/.ckpt) or .npz state dict")
 flags.DEFINE_string("out", None, "output run directory")
+flags.DEFINE_string(
+    "official_repo", None, "sound2sight: checkout of the official repository (holds models/)"
+)
 config_flags.DEFINE_config_file("config", None, "architecture config (default: the paper's)")
 flags.mark_flags_as_required(["kind", "torch", "out"])
 FLAGS = flags.FLAGS
 
 
 def load(path: str) -> dict:
+    if FLAGS.kind == "sound2sight":
+        return torch_io.load_module_checkpoint(path, FLAGS.official_repo)
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -95,15 +115,7 @@ def main(argv):
         )
         state = {"params": params}
     out = save_imported(FLAGS.out, config.to_json(indent=2), state)
-    print(f"wrote {out} ({FLAGS.kind}, {sum(np.size(x) for x in _leaves(state)):,} values)")
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
+    print(f"wrote {out} ({FLAGS.kind}, {sum(np.size(x) for x in jax.tree.leaves(state)):,} values)")
 
 
 if __name__ == "__main__":

@@ -52,15 +52,19 @@ class Checkpointer:
 
         Args:
           abstract_state: pytree of `jax.ShapeDtypeStruct` with `.sharding` set.
-          data_iter: a Grain iterator whose position is restored in place.
+          data_iter: a Grain iterator whose position is restored in place; left as it is
+            when the step has no iterator state (imported weights, `save_imported`).
 
         Returns:
           `(state, step)`, or None when the directory holds no checkpoint.
         """
         for step in reversed(self.steps()):
             items = {"state": ocp.args.StandardRestore(abstract_state)}
-            if data_iter is not None:
+            has_data = (self.directory / str(step) / "data").is_dir()
+            if data_iter is not None and has_data:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+            elif data_iter is not None:
+                logging.info("step %d has no data iterator state; the data starts afresh", step)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:
@@ -128,8 +132,9 @@ def restore_params(workdir: str | pathlib.Path, step: int | None = None) -> dict
 def save_imported(workdir: str | pathlib.Path, config_json: str, state: dict, step: int = 0):
     """Writes imported weights as an avjax run (config.json + checkpoints/<step>/state).
 
-    The result serves inference (`launch/codec.py`) and `restore_params`; it has no
-    optimizer state, so training does not resume from it.
+    The result serves inference (`launch/codec.py`, `launch/evaluate.py`) and
+    `restore_params`. Training resumes from it only when `state` is a whole task state
+    (`--kind sound2sight`); the data iterator then starts from the beginning.
     """
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
