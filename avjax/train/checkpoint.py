@@ -64,7 +64,7 @@ class Checkpointer:
             if data_iter is not None and has_data:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
             elif data_iter is not None:
-                logging.info("step %d has no data iterator state; the data starts afresh", step)
+                logging.warning("step %d has no data iterator state; the data starts afresh", step)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:
