@@ -31,7 +31,7 @@ def test_values_and_gradients_match_lax(x_shape, k, strides, padding, path, monk
         monkeypatch.setattr(conv, "IM2COL_MIN_FEATURES", 0)  # im2col at test sizes
     else:
         monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 0)
-        monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)  # the chunked gradient at test sizes
+        monkeypatch.setattr(conv, "CHUNKED_MIN_WORK", 0)  # matmul gradients at test sizes
         n, _, wd, ci = x_shape  # chunks of 2 output rows; Ho is odd in most cases here
         monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 2 * n * (wd + 2) * ci)
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -52,7 +52,7 @@ def test_values_and_gradients_match_lax(x_shape, k, strides, padding, path, monk
 def test_chunked_kernel_gradient_on_a_batch_sharded_mesh(monkeypatch):
     """Batch sharded over 8 devices: row-chunk matmuls sum over devices; col2im dx stays local."""
     monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 0)
-    monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(conv, "CHUNKED_MIN_WORK", 0)
     monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 200)
     mesh = make_mesh([("data", -1), ("fsdp", 1)])
     x = jax.random.normal(jax.random.PRNGKey(0), (mesh.size, 7, 10, 3))
@@ -70,7 +70,7 @@ def test_chunked_kernel_gradient_on_a_batch_sharded_mesh(monkeypatch):
 
 
 def test_other_convolutions_fall_through_to_lax(monkeypatch):
-    monkeypatch.setattr(conv, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(conv, "CHUNKED_MIN_WORK", 0)
     x = jnp.ones((1, 6, 6, 4))
     w = jnp.ones((3, 3, 2, 4))
     y = conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)
@@ -80,20 +80,25 @@ def test_other_convolutions_fall_through_to_lax(monkeypatch):
     np.testing.assert_array_equal(y, ref)
 
 
-def test_im2col_is_picked_by_size(monkeypatch):
-    """im2col for small maps or raw-input first layers with wide outputs; else lax."""
-    calls = []
-    monkeypatch.setattr(conv, "im2col_conv", lambda *a, **k: calls.append(a[1].shape))
-    pad = ((1, 1), (1, 1))
-    run = lambda x, w, s=1: conv_general_dilated(x, w, (s, s), pad, dimension_numbers=DN)
-    small, large, raw = jnp.ones((2, 5, 4, 8)), jnp.ones((1, 20, 20, 8)), jnp.ones((1, 20, 20, 1))
-    run(small, jnp.ones((4, 4, 8, 64)), 2)  # 2x2 output: im2col
-    run(small, jnp.ones((4, 4, 8, 4)), 2)  # 4 output channels: lax
-    run(large, jnp.ones((3, 3, 8, 64)))  # 20x20 output: lax
-    run(raw, jnp.ones((3, 3, 1, 32)))  # 1 input channel: im2col
+@pytest.mark.parametrize(
+    "x_shape, w_shape, stride, route",
+    [
+        ((2, 5, 4, 8), (4, 4, 8, 64), 2, "im2col"),  # 2x2 output, wide
+        ((2, 5, 4, 8), (4, 4, 8, 4), 2, "matmul_grad"),  # 4 outputs: thin for im2col
+        ((1, 20, 20, 1), (3, 3, 1, 32), 1, "im2col"),  # a first layer on raw input
+        ((320, 24, 24, 64), (4, 4, 64, 128), 2, "matmul_grad"),  # strided: col2im dx
+        ((2, 80, 848, 128), (3, 3, 128, 128), 1, "matmul_grad"),  # large and wide
+        ((8, 80, 848, 16), (3, 3, 16, 16), 1, "lax"),  # large but narrow
+        ((1, 20, 20, 8), (3, 3, 8, 64), 1, "lax"),  # small
+    ],
+)
+def test_route_by_shape(x_shape, w_shape, stride, route):
+    assert conv._route(x_shape, w_shape, (stride, stride), ((1, 1), (1, 1))) == route
+
+
+def test_im2col_patch_matrix_cap(monkeypatch):
     monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 10)
-    run(small, jnp.ones((4, 4, 8, 64)), 2)  # patch matrix over the cap: lax
-    assert calls == [(4, 4, 8, 64), (3, 3, 1, 32)]
+    assert conv._route((2, 5, 4, 8), (4, 4, 8, 64), (2, 2), ((1, 1), (1, 1))) == "matmul_grad"
 
 
 @pytest.mark.parametrize(

@@ -2,33 +2,35 @@
 
 Pass it to `nn.Conv(conv_general_dilated=...)`. On GPU / TPU, and for anything but a
 channels-last (NHWC / HWIO), undilated, ungrouped conv, it *is* `lax.conv_general_dilated`.
-On CPU it replaces the slow parts of XLA:CPU's convolutions with matmuls (2-core
-reference machine, fp32 matmul ~390 GFLOP/s):
+On CPU it routes around XLA:CPU's slow convolution paths with matmuls (2-core reference
+machine; float32 matmul ~390 GFLOP/s, XLA's forward convolution ~200-300):
 
-* the kernel (weight) gradient on large maps runs at ~40 GFLOP/s (3x3 128->128 conv at
-  [2, 80, 848]), against ~200-300 for the forward and the stride-1 input gradient;
-* the input gradient of a strided conv is an lhs-dilated convolution, ~20 GFLOP/s;
-* convolutions with a small output and many channels are pathological: a k4/s2
-  256->512 conv from 5x4 to 2x2 (Sound2Sight's audio encoder) takes 1.5 s forward and
-  backward at batch 304, against 0.06 s as one matmul.
+* kernel (weight) gradients: ~40 GFLOP/s on large maps (3x3 128->128 at [2, 80, 848]);
+* input gradients of strided convs (lhs-dilated convolutions): ~20 GFLOP/s;
+* tiny output maps with many channels: a k4/s2 256->512 conv from 5x4 to 2x2 took 1.5 s
+  forward and backward at batch 304, against 0.06 s as one matmul.
 
-`im2col` (small output maps, at most `IM2COL_MAX_OUTPUT_PIXELS` per image, or at most
+Three routes, picked per layer from static shapes (`_route`):
+
+`im2col` (output maps of at most `IM2COL_MAX_OUTPUT_PIXELS`, or at most
 `IM2COL_MAX_IN_FEATURES` input channels; at least `IM2COL_MIN_FEATURES` outputs; a patch
-matrix `[N*Ho*Wo, kh*kw*Ci]` of at most `IM2COL_MAX_ELEMENTS`): the conv is one matmul of
-the patch matrix built from kh*kw strided slices; autodiff gives matmul gradients (the
-slices' transpose is a pad). Measured fwd+bwd: Sound2Sight's 24x24->12x12 64->128 conv at
-batch 320: 315 ms against 371; the codebook's first conv (1->128, 80x848): 37 against 84.
-On large maps with many channels (the codebook's 3x3 convs at 40x424 and below) XLA's
-convolution is faster (141 ms against 205 at [2, 40, 424, 128]), so they stay with lax.
+matrix `[N*Ho*Wo, kh*kw*Ci]` of at most `IM2COL_MAX_ELEMENTS`): one matmul of the patch
+matrix built from kh*kw strided slices; autodiff gives matmul gradients.
 
-`large-map gradients` (inputs of at least `MIN_ELEMENTS` that im2col does not take): the
-forward and the stride-1 input gradient stay XLA's. The kernel gradient is a `scan` over
-chunks of output rows, each adding kh*kw matmuls
-dW[i, j] += x_pad[n, s*h+i, s*w+j, :]^T g[n, h, w, :] over its rows; chunks hold about
-`CHUNK_ELEMENTS` input values, so the taps stay in cache and memory stays flat (195 ms
-against XLA's 1000 for the 3x3 128->128 conv at [2, 80, 848], 40 GFLOP). A strided conv's
-input gradient is col2im: one [N*Ho*Wo, Co] x [Co, kh*kw*Ci] matmul and an overlap-add.
-Together they took the paper codebook step (batch 2) from 29.0 to 17.0 s.
+`matmul gradients` (strided convs, and stride-1 convs with `size(x) * min(Ci, Co)` over
+`CHUNKED_MIN_WORK`): XLA's forward, then a custom VJP. The kernel gradient is a `scan`
+over chunks of output rows, each adding kh*kw matmuls
+dW[i, j] += x_pad[n, s*h+i, s*w+j, :]^T g[n, h, w, :]; chunks hold about `CHUNK_ELEMENTS`
+input values, so taps stay in cache and memory stays flat (195 ms against XLA's 1000 for
+the 3x3 128->128 conv at [2, 80, 848], 40 GFLOP). A strided conv's input gradient is
+one stride-1 convolution of g per output phase (`_strided_input_grad`); a stride-1 conv's
+is XLA's (a plain convolution, fast). Narrow or small stride-1 convs stay with lax: there the
+thin per-tap matmuls lose (lax 57 ms against 86 fwd+bwd at [8, 80, 848, 16]).
+
+`lax` otherwise.
+
+Measured fwd+bwd: the paper codebook step (batch 2) 29.0 -> 16.5 s; Sound2Sight's k4/s2
+64->128 conv at [320, 24, 24] 301 ms as im2col, 225 with matmul gradients.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-MIN_ELEMENTS = 2**21  # [B, H, W, C] inputs at least this large use the chunked gradient
+CHUNKED_MIN_WORK = 2**28  # stride-1 convs need size(x) * min(Ci, Co) above this
 CHUNK_ELEMENTS = 2**19  # input values [N, rows, W, Ci] per chunk of the kernel gradient
 IM2COL_MAX_ELEMENTS = 2**26  # largest patch matrix [N*Ho*Wo, kh*kw*Ci] built (256 MiB f32)
 IM2COL_MIN_FEATURES = 32  # narrower outputs make a thin matmul: XLA's conv is faster
-IM2COL_MAX_OUTPUT_PIXELS = 144  # Ho*Wo up to 12x12: XLA:CPU's conv is slow on small maps
+IM2COL_MAX_OUTPUT_PIXELS = 16  # Ho*Wo up to 4x4: XLA:CPU's conv is slow on tiny maps
 IM2COL_MAX_IN_FEATURES = 4  # or a first layer on raw pixels / spectrogram bins
 _PLAIN_LAX = False
 
@@ -106,9 +108,10 @@ def conv_general_dilated(
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
         padding = tuple((int(lo), int(hi)) for lo, hi in padding)
         if all(lo >= 0 and hi >= 0 for lo, hi in padding):
-            if _im2col_fits(lhs.shape, rhs.shape, strides, padding):
+            route = _route(lhs.shape, rhs.shape, strides, padding)
+            if route == "im2col":
                 return im2col_conv(lhs, rhs, strides, padding, precision)
-            if lhs.size >= MIN_ELEMENTS:
+            if route == "matmul_grad":
                 return _conv(lhs, rhs, strides, padding, precision)
     return lax.conv_general_dilated(
         lhs,
@@ -129,13 +132,18 @@ def _out_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
     return (size + pad[0] + pad[1] - k) // stride + 1
 
 
-def _im2col_fits(x_shape, w_shape, strides, padding) -> bool:
+def _route(x_shape, w_shape, strides, padding) -> str:
+    """ "im2col", "matmul_grad" or "lax" for an NHWC x HWIO conv (module docstring)."""
     n, h, w, ci = x_shape
     kh, kw, _, co = w_shape
     ho = _out_size(h, kh, strides[0], padding[0])
     wo = _out_size(w, kw, strides[1], padding[1])
     small = ho * wo <= IM2COL_MAX_OUTPUT_PIXELS or ci <= IM2COL_MAX_IN_FEATURES
-    return small and co >= IM2COL_MIN_FEATURES and n * ho * wo * kh * kw * ci <= IM2COL_MAX_ELEMENTS
+    if small and co >= IM2COL_MIN_FEATURES and n * ho * wo * kh * kw * ci <= IM2COL_MAX_ELEMENTS:
+        return "im2col"
+    if strides != (1, 1) or n * h * w * ci * min(ci, co) > CHUNKED_MIN_WORK:
+        return "matmul_grad"
+    return "lax"
 
 
 def im2col_conv(x, w, strides, padding, precision=None):
@@ -193,13 +201,41 @@ def _conv_bwd(strides, padding, precision, res, g):
     if strides == (1, 1):  # XLA's input gradient is a plain convolution: fast
         _, vjp_x = jax.vjp(lambda x_: _lax_conv(x_, w, strides, padding, precision), x)
         (dx,) = vjp_x(g)
-    else:  # XLA's is an lhs-dilated convolution (~20 GFLOP/s): col2im instead
-        n, ho, wo, co = g.shape
-        kh, kw, ci, _ = w.shape
-        cols = lax.dot(g.reshape(-1, co), w.reshape(-1, co).T, precision=precision)
-        cols = cols.reshape(n, ho, wo, kh, kw, ci)
-        dx = _overlap_add(cols, strides, (padding[0][0], padding[1][0]), x.shape[1:3])
+    else:  # XLA's is an lhs-dilated convolution (~20 GFLOP/s): stride-1 phase convs instead
+        dx = _strided_input_grad(g, w, strides, padding, x.shape[1:3], precision)
     return dx, _kernel_grad(x, g, w.shape, strides, padding, precision).astype(w.dtype)
+
+
+def _strided_input_grad(g, w, strides, padding, x_hw, precision):
+    """dx [N, H, W, Ci] of a strided conv from g [N, Ho, Wo, Co] and w [kh, kw, Ci, Co].
+
+    Padded-input row s*u + r collects the taps i = r + s*a: g[u - a] w[r + s*a]. So each
+    phase (r, c) is a stride-1 convolution of g with its flipped sub-kernel, and the
+    phases interleave. Same FLOPs as the lhs-dilated convolution, none on zeros, and XLA
+    runs stride-1 convolutions ~5x faster (107 against 291 ms for the k4/s2 128->128 dx
+    at [2, 80, 848]; 92 against 178 at Sound2Sight's [304, 24, 24, 64]).
+    """
+    n, ho, wo, _ = g.shape
+    kh, kw, ci, _ = w.shape
+    sh, sw = strides
+    taps_h = [len(range(r, kh, sh)) for r in range(sh)]
+    taps_w = [len(range(c, kw, sw)) for c in range(sw)]
+    ph, pw = ho + taps_h[0] - 1, wo + taps_w[0] - 1  # rows / cols per phase
+    phases = []
+    for r in range(sh):
+        row = []
+        for c in range(sw):
+            if taps_h[r] == 0 or taps_w[c] == 0:  # kernel smaller than the stride
+                row.append(jnp.zeros((n, ph, pw, ci), g.dtype))
+                continue
+            sub = w[r::sh, c::sw][::-1, ::-1].transpose(0, 1, 3, 2)  # [a, b, Co, Ci]
+            pad = ((taps_h[r] - 1, ph - ho), (taps_w[c] - 1, pw - wo))
+            row.append(_lax_conv(g, sub, (1, 1), pad, precision))
+        phases.append(jnp.stack(row, axis=3))
+    y = jnp.stack(phases, axis=2).reshape(n, ph * sh, pw * sw, ci)  # the padded input's grid
+    (top, left), (h, wd) = (padding[0][0], padding[1][0]), x_hw
+    fill = ((0, 0), (0, max(0, top + h - y.shape[1])), (0, max(0, left + wd - y.shape[2])), (0, 0))
+    return jnp.pad(y, fill)[:, top : top + h, left : left + wd]
 
 
 def _kernel_grad(x, g, w_shape, strides, padding, precision):
