@@ -32,6 +32,7 @@ def test_values_and_gradients_match_lax(x_shape, k, strides, padding, path, monk
     else:
         monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 0)
         monkeypatch.setattr(conv, "CHUNKED_MIN_WORK", 0)  # matmul gradients at test sizes
+        monkeypatch.setattr(conv, "STRIDED_MIN_ELEMENTS", 0)
         n, _, wd, ci = x_shape  # chunks of 2 output rows; Ho is odd in most cases here
         monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 2 * n * (wd + 2) * ci)
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -50,9 +51,9 @@ def test_values_and_gradients_match_lax(x_shape, k, strides, padding, path, monk
 
 
 def test_chunked_kernel_gradient_on_a_batch_sharded_mesh(monkeypatch):
-    """Batch sharded over 8 devices: row-chunk matmuls sum over devices; col2im dx stays local."""
+    """Batch sharded over 8 devices: row-chunk matmuls sum over devices; phase-conv dx too."""
     monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 0)
-    monkeypatch.setattr(conv, "CHUNKED_MIN_WORK", 0)
+    monkeypatch.setattr(conv, "STRIDED_MIN_ELEMENTS", 0)
     monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 200)
     mesh = make_mesh([("data", -1), ("fsdp", 1)])
     x = jax.random.normal(jax.random.PRNGKey(0), (mesh.size, 7, 10, 3))
@@ -84,7 +85,7 @@ def test_other_convolutions_fall_through_to_lax(monkeypatch):
     "x_shape, w_shape, stride, route",
     [
         ((2, 5, 4, 8), (4, 4, 8, 64), 2, "im2col"),  # 2x2 output, wide
-        ((2, 5, 4, 8), (4, 4, 8, 4), 2, "matmul_grad"),  # 4 outputs: thin for im2col
+        ((2, 5, 4, 8), (4, 4, 8, 4), 2, "lax"),  # 4 outputs: thin for im2col; small
         ((1, 20, 20, 1), (3, 3, 1, 32), 1, "im2col"),  # a first layer on raw input
         ((320, 24, 24, 64), (4, 4, 64, 128), 2, "matmul_grad"),  # strided: col2im dx
         ((2, 80, 848, 128), (3, 3, 128, 128), 1, "matmul_grad"),  # large and wide
@@ -98,7 +99,7 @@ def test_route_by_shape(x_shape, w_shape, stride, route):
 
 def test_im2col_patch_matrix_cap(monkeypatch):
     monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 10)
-    assert conv._route((2, 5, 4, 8), (4, 4, 8, 64), (2, 2), ((1, 1), (1, 1))) == "matmul_grad"
+    assert conv._route((2, 5, 4, 8), (4, 4, 8, 64), (2, 2), ((1, 1), (1, 1))) == "lax"
 
 
 @pytest.mark.parametrize(

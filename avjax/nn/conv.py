@@ -17,10 +17,10 @@ Three routes, picked per layer from static shapes (`_route`):
 matrix `[N*Ho*Wo, kh*kw*Ci]` of at most `IM2COL_MAX_ELEMENTS`): one matmul of the patch
 matrix built from kh*kw strided slices; autodiff gives matmul gradients.
 
-`matmul gradients` (strided convs, and stride-1 convs with `size(x) * min(Ci, Co)` over
-`CHUNKED_MIN_WORK`): XLA's forward, then a custom VJP. The kernel gradient is a `scan`
-over chunks of output rows, each adding kh*kw matmuls
-dW[i, j] += x_pad[n, s*h+i, s*w+j, :]^T g[n, h, w, :]; chunks hold about `CHUNK_ELEMENTS`
+`matmul gradients` (strided convs with at least `STRIDED_MIN_ELEMENTS` inputs, and
+stride-1 convs with `size(x) * min(Ci, Co)` over `CHUNKED_MIN_WORK`): XLA's forward, then a
+custom VJP. The kernel gradient is a `scan` over chunks of output rows, each adding kh*kw
+matmuls dW[i, j] += x_pad[n, s*h+i, s*w+j, :]^T g[n, h, w, :]; chunks hold about `CHUNK_ELEMENTS`
 input values, so taps stay in cache and memory stays flat (195 ms against XLA's 1000 for
 the 3x3 128->128 conv at [2, 80, 848], 40 GFLOP). A strided conv's input gradient is
 one stride-1 convolution of g per output phase (`_strided_input_grad`); a stride-1 conv's
@@ -44,6 +44,7 @@ from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 CHUNKED_MIN_WORK = 2**28  # stride-1 convs need size(x) * min(Ci, Co) above this
+STRIDED_MIN_ELEMENTS = 2**20  # strided convs need inputs this large (smaller: no gain)
 CHUNK_ELEMENTS = 2**19  # input values [N, rows, W, Ci] per chunk of the kernel gradient
 IM2COL_MAX_ELEMENTS = 2**26  # largest patch matrix [N*Ho*Wo, kh*kw*Ci] built (256 MiB f32)
 IM2COL_MIN_FEATURES = 32  # narrower outputs make a thin matmul: XLA's conv is faster
@@ -141,7 +142,9 @@ def _route(x_shape, w_shape, strides, padding) -> str:
     small = ho * wo <= IM2COL_MAX_OUTPUT_PIXELS or ci <= IM2COL_MAX_IN_FEATURES
     if small and co >= IM2COL_MIN_FEATURES and n * ho * wo * kh * kw * ci <= IM2COL_MAX_ELEMENTS:
         return "im2col"
-    if strides != (1, 1) or n * h * w * ci * min(ci, co) > CHUNKED_MIN_WORK:
+    if strides != (1, 1) and n * h * w * ci >= STRIDED_MIN_ELEMENTS:
+        return "matmul_grad"
+    if n * h * w * ci * min(ci, co) > CHUNKED_MIN_WORK:
         return "matmul_grad"
     return "lax"
 
