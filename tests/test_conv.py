@@ -25,14 +25,15 @@ DN = ("NHWC", "HWIO", "NHWC")
         ((1, 8, 8, 2), 3, (1, 2), "SAME"),
     ],
 )
-@pytest.mark.parametrize("path", ["im2col", "chunked_kernel_grad"])
+@pytest.mark.parametrize("path", ["im2col", "chunked_kernel_grad", "phase_input_grad"])
 def test_values_and_gradients_match_lax(x_shape, k, strides, padding, path, monkeypatch):
     if path == "im2col":
         monkeypatch.setattr(conv, "IM2COL_MIN_FEATURES", 0)  # im2col at test sizes
     else:
         monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 0)
-        monkeypatch.setattr(conv, "CHUNKED_MIN_WORK", 0)  # matmul gradients at test sizes
-        monkeypatch.setattr(conv, "STRIDED_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(conv, "STRIDED_MIN_ELEMENTS", 0)  # the custom VJP at test sizes
+        if path == "chunked_kernel_grad":
+            monkeypatch.setattr(conv, "CHUNKED_MIN_WORK", 0)
         n, _, wd, ci = x_shape  # chunks of 2 output rows; Ho is odd in most cases here
         monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 2 * n * (wd + 2) * ci)
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -54,6 +55,7 @@ def test_chunked_kernel_gradient_on_a_batch_sharded_mesh(monkeypatch):
     """Batch sharded over 8 devices: row-chunk matmuls sum over devices; phase-conv dx too."""
     monkeypatch.setattr(conv, "IM2COL_MAX_ELEMENTS", 0)
     monkeypatch.setattr(conv, "STRIDED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(conv, "CHUNKED_MIN_WORK", 0)
     monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 200)
     mesh = make_mesh([("data", -1), ("fsdp", 1)])
     x = jax.random.normal(jax.random.PRNGKey(0), (mesh.size, 7, 10, 3))

@@ -19,13 +19,15 @@ matrix built from kh*kw strided slices; autodiff gives matmul gradients.
 
 `matmul gradients` (strided convs with at least `STRIDED_MIN_ELEMENTS` inputs, and
 stride-1 convs with `size(x) * min(Ci, Co)` over `CHUNKED_MIN_WORK`): XLA's forward, then a
-custom VJP. The kernel gradient is a `scan` over chunks of output rows, each adding kh*kw
-matmuls dW[i, j] += x_pad[n, s*h+i, s*w+j, :]^T g[n, h, w, :]; chunks hold about `CHUNK_ELEMENTS`
+custom VJP. On large wide maps (work over `CHUNKED_MIN_WORK`) the kernel gradient is a
+`scan` over chunks of output rows, each adding kh*kw matmuls
+dW[i, j] += x_pad[n, s*h+i, s*w+j, :]^T g[n, h, w, :]; chunks hold about `CHUNK_ELEMENTS`
 input values, so taps stay in cache and memory stays flat (195 ms against XLA's 1000 for
 the 3x3 128->128 conv at [2, 80, 848], 40 GFLOP). A strided conv's input gradient is
 one stride-1 convolution of g per output phase (`_strided_input_grad`); a stride-1 conv's
-is XLA's (a plain convolution, fast). Narrow or small stride-1 convs stay with lax: there the
-thin per-tap matmuls lose (lax 57 ms against 86 fwd+bwd at [8, 80, 848, 16]).
+is XLA's (a plain convolution, fast). Below that work XLA's kernel gradient is as fast or
+faster (10 against 21 ms for the patch discriminator's k4/s2 128->256 at [2, 20, 212]), so
+narrow or small stride-1 convs stay with lax (57 ms against 86 fwd+bwd at [8, 80, 848, 16]).
 
 `lax` otherwise.
 
@@ -206,7 +208,13 @@ def _conv_bwd(strides, padding, precision, res, g):
         (dx,) = vjp_x(g)
     else:  # XLA's is an lhs-dilated convolution (~20 GFLOP/s): stride-1 phase convs instead
         dx = _strided_input_grad(g, w, strides, padding, x.shape[1:3], precision)
-    return dx, _kernel_grad(x, g, w.shape, strides, padding, precision).astype(w.dtype)
+    n, h, wd, ci = x.shape
+    if n * h * wd * ci * min(ci, w.shape[3]) > CHUNKED_MIN_WORK:  # XLA's is slow here
+        dw = _kernel_grad(x, g, w.shape, strides, padding, precision).astype(w.dtype)
+    else:  # small or narrow: XLA's kernel gradient is as fast or faster
+        _, vjp_w = jax.vjp(lambda w_: _lax_conv(x, w_, strides, padding, precision), w)
+        (dw,) = vjp_w(g)
+    return dx, dw
 
 
 def _strided_input_grad(g, w, strides, padding, x_hw, precision):
