@@ -17,6 +17,16 @@ from configs import specvqgan_vggsound
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def run_convert_cli(kind: str, npz: pathlib.Path, out: pathlib.Path, config: str) -> None:
+    """`launch/convert_checkpoint.py --kind K --torch NPZ --out OUT --config configs/C`."""
+    cmd = [
+        sys.executable, "launch/convert_checkpoint.py", "--kind", kind, "--torch", str(npz),
+        "--out", str(out), "--config", f"configs/{config}",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_codebook_import_then_codec(tmp_path):
     config = specvqgan_vggsound.get_config("tiny")
     m = config.model
@@ -32,13 +42,7 @@ def test_codebook_import_then_codec(tmp_path):
     np.savez(tmp_path / "official.npz", **sd)
 
     out = tmp_path / "imported"
-    cmd = [
-        sys.executable, "launch/convert_checkpoint.py", "--kind", "codebook",
-        "--torch", str(tmp_path / "official.npz"), "--out", str(out),
-        "--config", "configs/specvqgan_vggsound.py:tiny",
-    ]  # fmt: skip
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_convert_cli("codebook", tmp_path / "official.npz", out, "specvqgan_vggsound.py:tiny")
 
     expect = vqgan_from_torch(sd, model_from_config(m))
     got = restore_params(out)

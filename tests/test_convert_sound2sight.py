@@ -12,11 +12,9 @@ whose MultiheadAttention splits `in_proj` rows as [q; k; v] under a causal float
 import argparse
 import json
 import math
-import os
 import pathlib
 import pickle
 import re
-import subprocess
 import sys
 import types
 
@@ -24,6 +22,7 @@ import grain
 import jax
 import numpy as np
 import pytest
+from test_convert_cli import run_convert_cli
 
 from avjax.convert import torch_io
 from avjax.convert.sound2sight import sound2sight_from_torch, sound2sight_run_state
@@ -31,7 +30,6 @@ from avjax.train import checkpoint as ckpt_lib
 from avjax.train.tasks.sound2sight import Sound2SightTask
 from configs import sound2sight_drums, sound2sight_m3so_nb
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "pe")
 # spec 1.12: parameters per official module of one M3SO-NB model.
 SPEC_PARAMS = {
@@ -523,13 +521,7 @@ def test_cli_npz_run_dir_evaluates_and_resumes(converted, tmp_path):
     c, sd, task, w = converted
     np.savez(tmp_path / "model.npz", **sd)
     out = tmp_path / "imported"
-    cmd = [
-        sys.executable, "launch/convert_checkpoint.py", "--kind", "sound2sight",
-        "--torch", str(tmp_path / "model.npz"), "--out", str(out),
-        "--config", "configs/sound2sight_m3so_nb.py:tiny",
-    ]  # fmt: skip
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_convert_cli("sound2sight", tmp_path / "model.npz", out, "sound2sight_m3so_nb.py:tiny")
     assert json.loads((out / "config.json").read_text())["task"] == "sound2sight"
 
     variables, step = restore_generator(out)

@@ -136,7 +136,7 @@ def _out_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
 
 
 def _route(x_shape, w_shape, strides, padding) -> str:
-    """ "im2col", "matmul_grad" or "lax" for an NHWC x HWIO conv (module docstring)."""
+    """The route of an NHWC x HWIO conv: im2col, matmul_grad or lax (module docstring)."""
     n, h, w, ci = x_shape
     kh, kw, _, co = w_shape
     ho = _out_size(h, kh, strides[0], padding[0])
@@ -146,9 +146,13 @@ def _route(x_shape, w_shape, strides, padding) -> str:
         return "im2col"
     if strides != (1, 1) and n * h * w * ci >= STRIDED_MIN_ELEMENTS:
         return "matmul_grad"
-    if n * h * w * ci * min(ci, co) > CHUNKED_MIN_WORK:
-        return "matmul_grad"
-    return "lax"
+    return "matmul_grad" if _chunked_kernel_grad_pays(x_shape, co) else "lax"
+
+
+def _chunked_kernel_grad_pays(x_shape, co: int) -> bool:
+    """Large wide maps, where XLA's kernel gradient is slow; below, it is as fast or faster."""
+    n, h, w, ci = x_shape
+    return n * h * w * ci * min(ci, co) > CHUNKED_MIN_WORK
 
 
 def im2col_conv(x, w, strides, padding, precision=None):
@@ -208,10 +212,9 @@ def _conv_bwd(strides, padding, precision, res, g):
         (dx,) = vjp_x(g)
     else:  # XLA's is an lhs-dilated convolution (~20 GFLOP/s): stride-1 phase convs instead
         dx = _strided_input_grad(g, w, strides, padding, x.shape[1:3], precision)
-    n, h, wd, ci = x.shape
-    if n * h * wd * ci * min(ci, w.shape[3]) > CHUNKED_MIN_WORK:  # XLA's is slow here
+    if _chunked_kernel_grad_pays(x.shape, w.shape[3]):
         dw = _kernel_grad(x, g, w.shape, strides, padding, precision).astype(w.dtype)
-    else:  # small or narrow: XLA's kernel gradient is as fast or faster
+    else:
         _, vjp_w = jax.vjp(lambda w_: _lax_conv(x, w_, strides, padding, precision), w)
         (dw,) = vjp_w(g)
     return dx, dw
@@ -242,11 +245,8 @@ def _strided_input_grad(g, w, strides, padding, x_hw, precision):
             sub = w[r::sh, c::sw][::-1, ::-1].transpose(0, 1, 3, 2)  # [a, b, Co, Ci]
             pad = ((taps_h[r] - 1, ph - ho), (taps_w[c] - 1, pw - wo))
             row.append(_lax_conv(g, sub, (1, 1), pad, precision))
-        phases.append(jnp.stack(row, axis=3))
-    y = jnp.stack(phases, axis=2).reshape(n, ph * sh, pw * sw, ci)  # the padded input's grid
-    (top, left), (h, wd) = (padding[0][0], padding[1][0]), x_hw
-    fill = ((0, 0), (0, max(0, top + h - y.shape[1])), (0, max(0, left + wd - y.shape[2])), (0, 0))
-    return jnp.pad(y, fill)[:, top : top + h, left : left + wd]
+        phases.append(row)
+    return _interleave(phases, (padding[0][0], padding[1][0]), x_hw)
 
 
 def _kernel_grad(x, g, w_shape, strides, padding, precision):
@@ -302,7 +302,7 @@ def conv_transpose(x, w, strides, padding):
     Every input pixel is multiplied by the whole kernel at once, [N*H*W, Ci] x
     [Ci, kh*kw*Co]: exactly the transposed conv's FLOPs as matmuls with a wide output
     (and matmul gradients), where XLA:CPU's lhs-dilated convolution gradients are >10x
-    slower and a sub-pixel convolution wastes 5/9 of its FLOPs on zero taps.
+    slower.
     """
     n, h, wd, ci = x.shape
     kh, kw, _, co = w.shape
@@ -331,8 +331,18 @@ def _overlap_add(cols, strides, start, out_hw):
                 cols[:, :, :, i, j], ((0, 0), (di, ph_h - h - di), (dj, ph_w - wd - dj), (0, 0))
             )
             phases[i % sh][j % sw] = phases[i % sh][j % sw] + tap
+    return _interleave(phases, start, out_hw)
+
+
+def _interleave(phases, start, out_hw):
+    """phases[r][c] [N, Ph, Pw, C] -> grid y[s*u + r, s*v + c], cropped at `start` to `out_hw`.
+
+    Rows / columns past the grid (never reached by a tap) are zeros. Returns [N, *out_hw, C].
+    """
+    sh, sw = len(phases), len(phases[0])
+    n, ph, pw, c = phases[0][0].shape
     y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [N, Ph, sh, Pw, sw, C]
-    y = y.reshape(n, ph_h * sh, ph_w * sw, c)
+    y = y.reshape(n, ph * sh, pw * sw, c)
     (top, left), (oh, ow) = start, out_hw
     fill = ((0, 0), (0, max(0, top + oh - y.shape[1])), (0, max(0, left + ow - y.shape[2])), (0, 0))
     return jnp.pad(y, fill)[:, top : top + oh, left : left + ow]
