@@ -3,10 +3,36 @@
 import logging
 import os
 import pathlib
+import sys
+import traceback
 
 import jax
+from absl import app, flags
+
+from avjax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+flags.DEFINE_bool("verbose", False, "show the traceback of user errors too")
+
+
+def run(main):
+    """`app.run(main)`, printing a `UserError` as one `error: ...` line with exit status 1.
+
+    Other exceptions are bugs and keep their traceback. `--verbose` shows the traceback of
+    user errors as well.
+    """
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except UserError as e:
+            if flags.FLAGS.verbose:
+                traceback.print_exc()
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    app.run(guarded)
 
 
 def setup_jax(multihost: bool = False):

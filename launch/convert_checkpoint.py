@@ -31,7 +31,7 @@ import importlib
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from avjax.convert import torch_io
@@ -41,6 +41,7 @@ from avjax.train.checkpoint import save_imported
 from avjax.train.tasks import common as task_common
 from avjax.train.tasks.vqgan import model_from_config
 from configs import specvqgan_vas, specvqgan_vggsound, vggishish_vggsound
+from launch import common
 
 # kind -> (default architecture config, converter `fn(state_dict, config) -> state`).
 CONVERTERS = {
@@ -119,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:  # `python launch/make_m3so.py` from a source chec
 from absl import app, flags  # noqa: E402
 
 from data_pipelines import m3so, m3so_tfds  # noqa: E402
+from launch import common  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", None, "Output TFDS data_dir.")
 _MNIST = flags.DEFINE_string(
@@ -91,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

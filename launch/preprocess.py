@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:  # `python launch/preprocess.py` from a source che
 from absl import app, flags  # noqa: E402
 
 from data_pipelines import preprocess  # noqa: E402
+from launch import common  # noqa: E402
 
 _VIDEOS = flags.DEFINE_string("videos", None, "Folder of videos, searched recursively.")
 _OUT = flags.DEFINE_string("out", None, "Output root; files go to OUT/melspec_10s_22050hz/.")
@@ -89,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

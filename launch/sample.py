@@ -27,7 +27,9 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from launch import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "trained transformer run (config.json + checkpoints/)")
@@ -146,7 +148,6 @@ def condition(streams, spec, columns: int, window_columns: int, seed: int) -> np
 
 def main(argv):
     del argv
-    from launch import common
 
     common.setup_jax()
     import jax
@@ -234,4 +235,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)
