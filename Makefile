@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := workdirs/demo_specvqgan_tiny
 
-.PHONY: demo test lint format venv clean bench
+.PHONY: demo test test-fast lint format venv clean bench
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
+# The developer loop: everything but the tests marked slow (long CLI and sharded runs).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,4 +51,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/sound2sight.py --out benchmarks/results
 
 clean:
-	rm -rf $(VENV) .jax_cache workdirs
+	rm -rf $(VENV) workdirs

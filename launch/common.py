@@ -35,12 +35,23 @@ def run(main):
     app.run(guarded)
 
 
+def compile_cache_dir() -> str:
+    """$AVJAX_JAX_CACHE, else `$XDG_CACHE_HOME/avjax/jax` (`~/.cache/avjax/jax`).
+
+    Outside the clone on purpose: a fresh clone on the same machine (CI) finds the
+    programs an earlier checkout compiled.
+    """
+    if os.environ.get("AVJAX_JAX_CACHE"):
+        return os.environ["AVJAX_JAX_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "avjax", "jax")
+
+
 def setup_jax(multihost: bool = False):
     """Multi-host init first, then the persistent compilation cache ($AVJAX_JAX_CACHE)."""
     if multihost:
         jax.distributed.initialize()
-    cache = os.environ.get("AVJAX_JAX_CACHE", str(REPO / ".jax_cache"))
-    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_compilation_cache_dir", compile_cache_dir())
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     logging.getLogger("absl").addFilter(_quiet_library_info)
 

@@ -20,10 +20,15 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
+from launch.common import compile_cache_dir  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-jax.config.update("jax_compilation_cache_dir", str(REPO / ".jax_cache"))
+# The persistent cache lives outside the clone (see launch.common.compile_cache_dir), so a
+# fresh clone on the same machine starts warm; CLI subprocesses inherit the variable.
+os.environ.setdefault("AVJAX_JAX_CACHE", compile_cache_dir())
+jax.config.update("jax_compilation_cache_dir", os.environ["AVJAX_JAX_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 

@@ -57,7 +57,6 @@ def _env():
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # one CPU device, as a user would run it
     env["JAX_PLATFORMS"] = "cpu"
-    env["AVJAX_JAX_CACHE"] = str(REPO / ".jax_cache")
     return env
 
 

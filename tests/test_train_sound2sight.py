@@ -1,7 +1,6 @@
 """Sound2Sight trainer: sharded == single-device step, schedule, quirk switch, CLIs end to end."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -233,10 +232,7 @@ def test_adversarial_schedule_and_frame_scaling():
 
 
 def _cli(*args):
-    env = {**os.environ, "AVJAX_JAX_CACHE": str(REPO / ".jax_cache")}
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
 
 
 def test_cli_tiny_train_resume_and_evaluate(tmp_path):
