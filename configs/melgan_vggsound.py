@@ -1,6 +1,7 @@
 """MelGAN vocoder for SpecVQGAN's log-mels, trained on VGGSound waveforms.
 
-Paper values (official `vocoder/logs/vggsound/args.yml`, spec A5): 80 mel channels, ngf 32,
+Paper values (official `vocoder/logs/vggsound/args.yml`, docs/specvqgan.md A5): 80 mel
+channels, ngf 32,
 3 residual layers per stage, upsampling (8, 8, 2, 2) = hop 256; 3 critic scales with ndf 16,
 4 strided layers, downsampling 4; feature matching weight 10; 8192-sample windows at
 22050 Hz, batch 64; Adam lr 1e-4, betas (0.5, 0.9) for both networks. Generator 4,266,050

@@ -1,14 +1,15 @@
 """Sound2Sight on M3SO-NB (moving MNIST digit with DTMF-style tones, no block), 48x48x1.
 
 Paper / official values (Chatterjee & Cherian, ECCV 2020; repository README command and
-`train_svg_lp_audio_48_stochtrans_combl2_disc_sample_prior.py` defaults, spec 1.1): 5 seen
+`train_svg_lp_audio_48_stochtrans_combl2_disc_sample_prior.py` defaults,
+docs/sound2sight.md 1.1): 5 seen
 frames, 15 predicted in training and 25 at test, batch 110, g_dim 128, z_dim 10, LSTMs and
 transformers 256 wide (1-layer transformers, 4 heads, FFN 128), frame predictor 2 layers,
 beta 1e-4, adversarial weight 1e-4 x (0, 1, 5, 10, 100) from epochs (1, 301, 601, 901),
 Adam 2e-3 (generator) / 2.5e-3 (discriminator), betas (0.9, 0.999), 1001 epochs of
 8000 // 110 = 72 iterations, seed 1.
 
-Quirks of the official code, paper behaviour by default (spec 1.8):
+Quirks of the official code, paper behaviour by default (docs/sound2sight.md 1.8):
 * `disc.train_encoders=True`: the discriminator's frame / audio encoders are trained by the
   discriminator loss. Official: `False`, they stay at their random init (only their
   BatchNorm statistics move), because the official step zeroes their gradients.

@@ -1,4 +1,4 @@
-"""SpecVQGAN transformer (video features -> codebook codes) on VGGSound, spec A4.
+"""SpecVQGAN transformer (video features -> codebook codes) on VGGSound, docs/specvqgan.md A4.
 
 Paper values (official `configs/vggsound_transformer.yaml`): GPT with 24 layers, 16 heads,
 1024 wide, block 477 = 53 * 5 + 212, no dropout; 212 BN-Inception rgb+flow features

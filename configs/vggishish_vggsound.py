@@ -1,4 +1,4 @@
-"""VGGish-ish spectrogram classifier on VGGSound (309 classes), spec A3.
+"""VGGish-ish spectrogram classifier on VGGSound (309 classes), docs/specvqgan.md A3.
 
 A trained one can serve as the LPAPS backbone of a codebook
 (`--config.loss.lpaps_backbone=WORKDIR`); note the released codebooks used a random one.

@@ -1,6 +1,6 @@
 """Visual conditioning of SpecVQGAN's transformer: the official per-frame feature files.
 
-Layouts (spec A6/A8): next to each clip's `melspec_10s_22050hz/` folder,
+Layouts (docs/specvqgan.md A6/A8): next to each clip's `melspec_10s_22050hz/` folder,
   `feature_rgb_bninception_dim1024_21.5fps/<id>.pkl`   [~215, 1024] (BN-Inception RGB)
   `feature_flow_bninception_dim1024_21.5fps/<id>.pkl`  [~216, 1024] (BN-Inception flow)
   `feature_resnet50_dim2048_21.5fps/<id>.pkl`          [215, 2048]  (ImageNet ResNet-50)

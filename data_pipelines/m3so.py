@@ -1,7 +1,7 @@
 """M3SO / M3SO-NB: one MNIST digit moving in a 48x48 box, with its sound (Sound2Sight, ECCV 2020).
 
 The rules of the official generator (`M3SO_Gen_Code/multimodal_moving_mnist_with_block.py`,
-spec section 2), vectorised over clips with numpy:
+docs/sound2sight.md 2), vectorised over clips with numpy:
 
 * canvas 48x48, one 28x28 digit, top-left corner `p` (coordinate 0 = horizontal / column)
   uniform in [0, 20]^2, speed in {2, ..., 6} px/frame, direction uniform in (-pi, pi);
@@ -26,7 +26,7 @@ block sign flip can undo a wall bounce, letting the digit drift off the canvas. 
 reproduce this (no principled fix exists without changing the published geometry);
 `positions`, `wall_bounce` and `block_bounce` expose it.
 
-Fixed by default, official behaviour with `official=True` (spec section 2 "other bugs"):
+Fixed by default, official behaviour with `official=True` (docs/sound2sight.md 2 "other bugs"):
 
 * tone: default a zero-centred float `A (sin 2 pi f1 i/440 + sin 2 pi f2 i/440) / 2`; official
   `int16(int(32767 + A chord 32767))` with numpy's wrap-around (the positive half wraps);
@@ -42,7 +42,8 @@ Fixed by default, official behaviour with `official=True` (spec section 2 "other
 
 Both modes support M3SO-NB (`block=False`), which the official script cannot produce.
 
-Audio features (spec 1.11, inferred): per frame, a centred STFT of its 440 samples, n_fft 44,
+Audio features (docs/sound2sight.md 1.11, inferred): per frame, a centred STFT of its 440
+samples, n_fft 44,
 hop 22, periodic Hann window, zero padding -> 23 frequency rows x 21 time columns; scaled as
 `log1p(|X|) / log1p(11)` (11 = |X| of a full-scale sine on a bin centre: sum(hann)/2), so a
 sine of amplitude 1 maps to 1 and silence to 0. The waveform is in full scale 1 (official mode:

@@ -1,6 +1,6 @@
 """Real clips -> Sound2Sight's 64x64 RGB frames at 30 fps with per-frame 45x17 audio patches.
 
-The AudioSet-Drums / YouTube-Painting form (paper: 64x64, 30 fps, 3 s clips; spec section 3:
+The AudioSet-Drums / YouTube-Painting form (paper: 64x64, 30 fps, 3 s clips; docs/sound2sight.md 3:
 the audio encoder takes a 45 x 17 patch per frame). The official repository has no loader or
 feature code for these datasets, so the audio settings are inferred from the shape:
   24,000 Hz mono, 800 samples per 1/30 s frame, centred STFT with n_fft 88 (-> 45 bins) and

@@ -1,4 +1,4 @@
-"""FID, MKL, ISC and KID (spec A7) against closed forms and hand-computed values."""
+"""FID, MKL, ISC and KID (docs/specvqgan.md A7) against closed forms and hand-computed values."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Melception (spec A3): structure, converter vs a numpy Inception-v3, scorer, tiny training."""
+"""Melception (docs/specvqgan.md A3): structure, converter vs numpy Inception-v3, scorer, train."""
 
 import json
 import math

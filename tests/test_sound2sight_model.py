@@ -131,7 +131,7 @@ def test_teacher_forced_rollout_equals_parallel_pass(gen48):
     """Per-step generation fed ground truth == the batched-over-time pass in eval mode.
 
     This is what makes the one-pass causal transformers and batched conv stacks the
-    official per-step computation (spec 1.6).
+    official per-step computation (docs/sound2sight.md 1.6).
     """
     m, v = gen48
     x, a, eps = _inputs(seed=4)

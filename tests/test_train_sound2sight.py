@@ -91,7 +91,10 @@ def test_sharded_step_equals_single_device(task):
 
 
 def test_official_switch_freezes_discriminator_encoders():
-    """`disc.train_encoders=False`: the official frozen random disc encoders (spec 1.8)."""
+    """`disc.train_encoders=False`: the official frozen random disc encoders.
+
+    Reference: docs/sound2sight.md 1.8.
+    """
     c = tiny_config()
     c.disc.train_encoders = False
     c.loss.gen_mismatch_target = 1

@@ -1,4 +1,6 @@
-"""LPAPS: LPIPS ported to 1-channel mel spectrograms on a VGGish-ish backbone (spec A2).
+"""LPAPS: LPIPS ported to 1-channel mel spectrograms on a VGGish-ish backbone.
+
+Reference: docs/specvqgan.md A2.
 
 Variables: `params` = {"net": VGGishish conv features, "lin0".."lin4": 1x1 convs} and a
 separate `stats` collection {"shift": [F], "scale": [F]} for the per-mel-bin scaling layer

@@ -1,6 +1,6 @@
 """SSIM and PSNR of frames, jittable and vmappable (leading dims are batch dims).
 
-SSIM variants (spec 1.10):
+SSIM variants (docs/sound2sight.md 1.10):
 * `ssim_paper`: what the Sound2Sight / MCAV tables report, scikit-image 0.15
   `compare_ssim` defaults on float frames: 7x7 uniform window, sample covariance,
   K1 0.01, K2 0.03, **data_range 2.0** (the float dtype range -1..1, although frames lie

@@ -1,4 +1,4 @@
-"""Melception features of [0, 1] log-mels for FID / MKL / ISC / KID (spec A7).
+"""Melception features of [0, 1] log-mels for FID / MKL / ISC / KID (docs/specvqgan.md A7).
 
   scorer = MelceptionScorer.from_path("workdirs/melception")   # avjax workdir
   scorer = MelceptionScorer.from_path("melception-21-05-10T09-28-40.pt",

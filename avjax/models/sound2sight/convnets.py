@@ -1,4 +1,6 @@
-"""DCGAN frame encoder / decoder with skips and the STFT audio encoder (spec 1.3, 1.4, 3).
+"""DCGAN frame encoder / decoder with skips and the STFT audio encoder.
+
+Reference: docs/sound2sight.md 1.3, 1.4, 3.
 
 Two variants, picked by `image_size`: 48 (`models/dcgan_48.py`, M3SO, 1 channel) and 64
 (`drums_dcgan_64.py` / `painting_dcgan_64.py`, 3 channels). The audio encoder variant is

@@ -1,4 +1,4 @@
-"""The multimodal discriminator and its negatives (spec 1.8).
+"""The multimodal discriminator and its negatives (docs/sound2sight.md 1.8).
 
 `disc_encoder` (a frame encoder) and `disc_audio_enc` (an STFT encoder) embed frames and
 audio; the frame classifier (`disc_std`, Linear(dim, 2)) scores single frames; the

@@ -1,4 +1,6 @@
-"""Sound2Sight generator: prediction network + multimodal stochastic network (spec 1.3-1.7, 1.10).
+"""Sound2Sight generator: prediction network + multimodal stochastic network.
+
+Reference: docs/sound2sight.md 1.3-1.7, 1.10.
 
 Time index convention: frames x[0..T-1]; step i = 1..T-1 predicts x[i] from
 * the embedding h[i-1] of frame i-1 (ground truth in training: full teacher forcing as the

@@ -1,4 +1,6 @@
-"""The official growing-prefix transformer encoder, computed once with a causal mask (spec 1.6).
+"""The official growing-prefix transformer encoder, computed once with a causal mask.
+
+Reference: docs/sound2sight.md 1.6.
 
 Official: at step i the encoder re-runs on the whole prefix and only the last position is
 used. With the causal mask, position t of one pass over the full sequence sees exactly

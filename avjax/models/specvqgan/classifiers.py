@@ -1,4 +1,6 @@
-"""VGGish-ish: SpecVQGAN's VGG16-style mel-spectrogram classifier (spec A3), LPAPS backbone.
+"""VGGish-ish: SpecVQGAN's VGG16-style mel-spectrogram classifier, the LPAPS backbone.
+
+Reference: docs/specvqgan.md A3.
 
 Parameter names keep the indices of the official `nn.Sequential`s (`features.0` ->
 `features_0`, `classifier.2` -> `classifier_2`) so the checkpoint converter stays one-to-one.

@@ -1,4 +1,6 @@
-"""SpecVQGAN's conditional transformer: minGPT (pre-LN) with a prepended condition (spec A4).
+"""SpecVQGAN's conditional transformer: minGPT (pre-LN) with a prepended condition.
+
+Reference: docs/specvqgan.md A4.
 
 The sequence is `[condition embeddings (Tc), token embeddings (L)] + pos_emb[:Tc + L]`,
 causally masked over its whole length (the condition attends causally too). The
@@ -292,7 +294,7 @@ def decay_mask(params) -> Any:
     """True for the weights the official optimizer decays: Linear kernels of the blocks and head.
 
     Biases, LayerNorms, embeddings, `pos_emb` and the feature embedder (a Conv1d in the
-    official code) are not decayed (spec A4).
+    official code) are not decayed (docs/specvqgan.md A4).
     """
 
     def rule(path, _):

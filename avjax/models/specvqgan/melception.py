@@ -1,4 +1,4 @@
-"""Melception: torchvision Inception-v3 on 1-channel mel spectrograms (spec A3, A7).
+"""Melception: torchvision Inception-v3 on 1-channel mel spectrograms (docs/specvqgan.md A3, A7).
 
 The official model is `Inception3(num_classes=309, aux_logits=True)` with `Conv2d_1a_3x3`
 replaced by a 1-channel `BasicConv2d` and `maxpool1`/`maxpool2` removed (the mel height is

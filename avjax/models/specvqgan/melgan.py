@@ -1,6 +1,7 @@
 """MelGAN vocoder (Kumar et al. 2019) as SpecVQGAN trains it: generator + multi-scale critic.
 
-Follows the official `vocoder/modules.py` (spec A5) layer by layer, in [B, T, C] layout:
+Follows the official `vocoder/modules.py` (docs/specvqgan.md A5) layer by layer, in
+[B, T, C] layout:
   Generator: ReflectionPad(3), WN-Conv k7 (n_mels -> 16 ngf), then per ratio r in (8, 8, 2, 2):
     LReLU(0.2), WN-ConvTranspose(k 2r, stride r, padding r//2 + r%2, output_padding r%2)
     halving the channels, and ResnetBlocks with dilations 1, 3, 9; then LReLU,

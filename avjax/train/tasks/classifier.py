@@ -1,4 +1,6 @@
-"""Spectrogram classifier training (spec A3): VGGish-ish (LPAPS backbone) or Melception.
+"""Spectrogram classifier training: VGGish-ish (LPAPS backbone) or Melception.
+
+Reference: docs/specvqgan.md A3.
 
 `config.model.arch` picks the network: 'vggishish' (default) or 'melception' (torchvision
 Inception-v3 on mels, the network behind SpecVQGAN's FID/MKL; BatchNorm statistics live in

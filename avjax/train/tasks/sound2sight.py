@@ -1,4 +1,6 @@
-"""Sound2Sight training (spec 1.7-1.9): generator and multimodal discriminator in one jitted step.
+"""Sound2Sight training: generator and multimodal discriminator in one jitted step.
+
+Reference: docs/sound2sight.md 1.7-1.9.
 
 Per batch (T = n_past + n_future frames, steps i = 1..T-1, full teacher forcing):
 * generator loss = sum_i MSE(x̂_i, x_i) + beta * sum_i KL(q_i || p_i) + w(epoch) * adv, with
@@ -8,7 +10,8 @@ Per batch (T = n_past + n_future frames, steps i = 1..T-1, full teacher forcing)
 * w(epoch) = beta_gen * multiplier(epoch), multipliers (0, 1, 5, 10, 100) from epochs
   (1, 301, 601, 901) on: a traced function of the step (`steps_per_epoch` per epoch), so
   the schedule never recompiles the step;
-* discriminator loss = real/2 + (syn + mismatch)/8 on detached predictions (spec 1.8).
+* discriminator loss = real/2 + (syn + mismatch)/8 on detached predictions
+  (docs/sound2sight.md 1.8).
 Both Adam updates use the same forward pass (the official order: G and D gradients from
 one `train()` call); each discriminator embedding (real frames, audio, generated frames)
 runs forward once per step and its backward is pulled with both losses' cotangents, where

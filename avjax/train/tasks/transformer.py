@@ -1,6 +1,6 @@
 """SpecVQGAN transformer training: next-code prediction conditioned on video features.
 
-As the official `Net2NetTransformer` (spec A4): the GPT reads
+As the official `Net2NetTransformer` (docs/specvqgan.md A4): the GPT reads
 `[condition (Tc), codes[:-1]]` and `logits[:, Tc-1:]` predict all L codes (265 for 5x53);
 the condition positions carry no loss. AdamW (0.9, 0.95) with weight decay on the Linear
 kernels only (`gpt.decay_mask`), lr = base_lr x global batch, no schedule. The codebook

@@ -35,7 +35,7 @@ LAST_LAYER = ("decoder", "conv_out", "kernel")
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
-    """`VQLPAPSWithDiscriminator` settings (spec A2); config field `loss`."""
+    """`VQLPAPSWithDiscriminator` settings (docs/specvqgan.md A2); config field `loss`."""
 
     disc_start: int = 30001
     disc_weight: float = 0.8
@@ -174,7 +174,7 @@ class VQGANTask:
         return rec + self.w.perceptual_weight * p, rec, p
 
     def _d_weight(self, state, ae, x, rngs):
-        """Adaptive weight at the decoder's last layer (spec A2, step 4).
+        """Adaptive weight at the decoder's last layer (docs/specvqgan.md A2, step 4).
 
         With `min_adapt_weight == max_adapt_weight` (both official configs) the clamp
         makes it the constant `min * disc_weight`, so the two extra gradients are skipped.
