@@ -83,20 +83,43 @@ def test_other_convolutions_fall_through_to_lax(monkeypatch):
     np.testing.assert_array_equal(y, ref)
 
 
-@pytest.mark.parametrize(
-    "x_shape, w_shape, stride, route",
-    [
-        ((2, 5, 4, 8), (4, 4, 8, 64), 2, "im2col"),  # 2x2 output, wide
-        ((2, 5, 4, 8), (4, 4, 8, 4), 2, "lax"),  # 4 outputs: thin for im2col; small
-        ((1, 20, 20, 1), (3, 3, 1, 32), 1, "im2col"),  # a first layer on raw input
-        ((320, 24, 24, 64), (4, 4, 64, 128), 2, "matmul_grad"),  # strided: col2im dx
-        ((2, 80, 848, 128), (3, 3, 128, 128), 1, "matmul_grad"),  # large and wide
-        ((8, 80, 848, 16), (3, 3, 16, 16), 1, "lax"),  # large but narrow
-        ((1, 20, 20, 8), (3, 3, 8, 64), 1, "lax"),  # small
-    ],
-)
-def test_route_by_shape(x_shape, w_shape, stride, route):
-    assert conv._route(x_shape, w_shape, (stride, stride), ((1, 1), (1, 1))) == route
+@pytest.fixture
+def thresholds(monkeypatch):
+    """Small stand-ins for the tuned constants: the tests pin the rules, not the values."""
+    for name, value in dict(
+        IM2COL_MAX_OUTPUT_PIXELS=4,
+        IM2COL_MAX_IN_FEATURES=2,
+        IM2COL_MIN_FEATURES=8,
+        IM2COL_MAX_ELEMENTS=10_000,
+        STRIDED_MIN_ELEMENTS=1000,
+        CHUNKED_MIN_WORK=20_000,
+    ).items():
+        monkeypatch.setattr(conv, name, value)
+
+
+def _route(x_shape, w_shape, stride=1, pad=1):
+    return conv._route(x_shape, w_shape, (stride, stride), ((pad, pad), (pad, pad)))
+
+
+def test_im2col_for_small_maps_and_raw_inputs_with_wide_outputs(thresholds):
+    # 2x2 output (4 pixels, at the limit), 8 outputs (at the minimum): im2col.
+    assert _route((1, 2, 2, 4), (3, 3, 4, 8)) == "im2col"
+    assert _route((1, 2, 2, 4), (3, 3, 4, 7)) == "lax"  # too thin
+    assert _route((1, 3, 2, 4), (3, 3, 4, 8)) == "lax"  # 6 output pixels
+    # A raw-input first layer (<= 2 channels) on a larger map.
+    assert _route((1, 10, 10, 2), (3, 3, 2, 8)) == "im2col"
+    assert _route((1, 10, 10, 3), (3, 3, 3, 8)) == "lax"
+    # The patch matrix cap: 1*10*10*9*2 = 1800 patch values; over the cap -> not im2col.
+    assert _route((6, 10, 10, 2), (3, 3, 2, 8)) == "lax"  # 10,800 > 10,000
+
+
+def test_matmul_gradients_for_large_strided_and_large_wide_convs(thresholds):
+    # Strided: 1 * 16 * 16 * 4 = 1024 input values >= 1000.
+    assert _route((1, 16, 16, 4), (3, 3, 4, 4), stride=2) == "matmul_grad"
+    assert _route((1, 15, 16, 4), (3, 3, 4, 4), stride=2) == "lax"  # 960
+    # Stride 1: size(x) * min(Ci, Co) = 1 * 32 * 32 * 5 * 4 = 20,480 > 20,000.
+    assert _route((1, 32, 32, 5), (3, 3, 5, 4)) == "matmul_grad"
+    assert _route((1, 32, 32, 5), (3, 3, 5, 3)) == "lax"  # 15,360: narrow output
 
 
 def test_im2col_patch_matrix_cap(monkeypatch):
