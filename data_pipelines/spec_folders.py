@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from avjax.audio import validate as mel_check
 
 __all__ = [
     "MEL_SUBDIR",
@@ -39,21 +39,18 @@ log = logging.getLogger(__name__)
 MEL_SUBDIR = "melspec_10s_22050hz"
 NUM_MELS = 80
 MIN_FRAMES = 848  # the SpecVQGAN crop; official files have 860 frames
-RANGE_TOL = 1e-4  # allowed excursion outside [0, 1] before a file counts as corrupt
+RANGE_TOL = mel_check.RANGE_TOL  # allowed excursion outside [0, 1] before a file is corrupt
 
 _SPLIT_ALIASES = {"val": "valid", "validation": "valid", "eval": "valid"}
-_NPY_LOCK = threading.Lock()
 
 
 def _parse_npy(data: bytes, path: str) -> np.ndarray:
-    # np.load parses the header with ast.literal_eval, which intermittently raises
-    # SystemError under threads on CPython 3.11.7 (STACK.md 5, pitfall 4): parse under a lock.
-    with _NPY_LOCK:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+    """A .npy file's bytes -> array (thread-safe; `UserError` naming `path` if corrupt)."""
+    return mel_check.read_npy(path, data)
 
 
 def load_mel_npy(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.ndarray:
-    """Reads and validates one `*_mel.npy`; thread-safe.
+    """Reads and validates one `*_mel.npy` with `avjax.audio.validate.load_mel`; thread-safe.
 
     Args:
       path: the file.
@@ -63,32 +60,10 @@ def load_mel_npy(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.nd
       [80, T] float32 in [0, 1] with T >= min_frames (float64 files are cast).
 
     Raises:
-      ValueError naming the file: unreadable/corrupt, wrong shape, non-finite values or
-      values outside [0, 1] by more than 1e-4.
+      UserError (a ValueError) naming the file: unreadable/corrupt, wrong dtype or shape,
+      non-finite values or values outside [0, 1] by more than 1e-4.
     """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        mel = _parse_npy(data, path)
-    except Exception as e:
-        raise ValueError(
-            f"{path}: unreadable log-mel file, expected a .npy array [80, >={min_frames}] "
-            f"({type(e).__name__}: {e})"
-        ) from e
-    if mel.ndim != 2 or mel.shape[0] != NUM_MELS or mel.shape[1] < min_frames:
-        raise ValueError(
-            f"{path}: log-mel has shape {mel.shape}, expected [{NUM_MELS}, >={min_frames}]"
-        )
-    if not np.issubdtype(mel.dtype, np.floating):
-        raise ValueError(f"{path}: log-mel has dtype {mel.dtype}, expected float32/float64")
-    mel = mel.astype(np.float32, copy=False)
-    if not np.isfinite(mel).all():
-        raise ValueError(f"{path}: log-mel has {int((~np.isfinite(mel)).sum())} non-finite values")
-    lo, hi = float(mel.min()), float(mel.max())
-    if lo < -RANGE_TOL or hi > 1.0 + RANGE_TOL:
-        raise ValueError(f"{path}: log-mel values span [{lo:.4g}, {hi:.4g}], expected [0, 1]")
-    return np.clip(mel, 0.0, 1.0) if (lo < 0.0 or hi > 1.0) else mel
+    return mel_check.load_mel(path, min_frames=min_frames)
 
 
 def _find_file(name: str, dirs: Sequence[Path]) -> Path | None:
