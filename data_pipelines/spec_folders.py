@@ -74,7 +74,8 @@ def _find_file(name: str, dirs: Sequence[Path]) -> Path | None:
 
 
 def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
+    # surrogateescape: a line naming a file whose name is not UTF-8 maps back to that file
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return [ln.strip() for ln in f if ln.strip()]
 
 
@@ -161,7 +162,8 @@ class SpecSource:
         self.layout = layout
         self.split = split
         self.min_frames = min_frames
-        digest = hashlib.sha1("\n".join(self.ids).encode()).hexdigest()[:12]
+        digest = hashlib.sha1("\n".join(self.ids).encode("utf-8", "surrogateescape"))
+        digest = digest.hexdigest()[:12]
         self._repr = (
             f"SpecSource(layout={layout!r}, split={split!r}, num_examples={len(self.ids)}, "
             f"num_classes={len(self.class_names)}, ids_sha1={digest!r})"

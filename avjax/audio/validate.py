@@ -57,7 +57,9 @@ def read_npy(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
             else:
                 dtype = None
         except Exception as e:
-            raise UserError(f"{path}: not a .npy array file ({type(e).__name__}: {e})") from e
+            raise UserError(
+                f"{path}: unreadable, not a .npy array file ({type(e).__name__}: {e})"
+            ) from e
         if dtype is not None and dtype.hasobject:
             raise UserError(
                 f"{path}: holds Python objects (dtype {dtype}), not a numeric array; "
@@ -67,7 +69,9 @@ def read_npy(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
         try:
             return np.load(buf, allow_pickle=False)
         except Exception as e:
-            raise UserError(f"{path}: truncated or corrupt .npy file ({type(e).__name__})") from e
+            raise UserError(
+                f"{path}: unreadable .npy file, truncated or corrupt ({type(e).__name__})"
+            ) from e
 
 
 def check_mel(
@@ -93,6 +97,7 @@ def check_mel(
     """
     path = os.fspath(path)
     t_range = f">={min_frames}" if max_frames is None else f"{min_frames}..{max_frames}"
+    expected = f"[{NUM_MELS}, {t_range}] (mel bins, time frames)"
     if not np.issubdtype(mel.dtype, np.floating):
         raise UserError(f"{path}: log-mel has dtype {mel.dtype}, expected float32 values in [0, 1]")
     if (
@@ -101,10 +106,7 @@ def check_mel(
         or mel.shape[1] < min_frames
         or (max_frames is not None and mel.shape[1] > max_frames)
     ):
-        raise UserError(
-            f"{path}: log-mel has shape {list(mel.shape)}, expected [{NUM_MELS}, T] with "
-            f"T {t_range}"
-        )
+        raise UserError(f"{path}: log-mel has shape {mel.shape}, expected {expected}")
     mel = mel.astype(np.float32, copy=False)
     bad = int((~np.isfinite(mel)).sum())
     if bad:
