@@ -60,7 +60,8 @@ def codebook_step(workdir: str | os.PathLike) -> int:
     )
     if not steps:
         raise FileNotFoundError(
-            f"{ckpt}: no checkpoint steps; config.codebook.workdir must be a trained codebook run"
+            f"{ckpt}: no checkpoint steps; the codebook workdir (--codebook_workdir, or "
+            "config.codebook.workdir when training) must be a trained codebook run"
         )
     return max(steps)
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from avjax.errors import UserError
 from data_pipelines import m3so
 
 __all__ = [
@@ -149,9 +150,12 @@ def prepare(builder: _ClipsBuilder) -> _ClipsBuilder:
         stored = json.loads(meta_file.read_text()) if meta_file.is_file() else None
         current = json.loads(json.dumps(builder._metadata))
         if stored != current:
-            raise ValueError(
-                f"{builder.data_dir}: already holds a dataset made differently ({stored}, now "
-                f"{current}); use a fresh --out"
+            keys = sorted(
+                k for k in {*(stored or {}), *current} if (stored or {}).get(k) != current.get(k)
+            )
+            raise UserError(
+                f"--out: {builder.data_dir} already holds a dataset made differently "
+                f"(differs in {', '.join(keys)}); use a fresh --out"
             )
         log.info("reusing %s", builder.data_dir)
         return builder
@@ -182,7 +186,7 @@ def write_m3so(
     config.validate()
     counts = {"train": num_train, "val": num_val, "test": num_test}
     if any(n < 0 for n in counts.values()):
-        raise ValueError(f"clip counts must be >= 0, got {counts}")
+        raise UserError(f"clip counts must be >= 0, got {counts}")
 
     def split_gen(split: str, num: int) -> ExampleGen:
         def gen():
