@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avjax.audio import validate as mel_check
+from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = [
     "MEL_SUBDIR",
@@ -91,12 +92,12 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
     """Returns "vas" or "vggsound" for a folder in an official layout (see module doc)."""
     d = Path(data_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: spectrogram folder does not exist")
+        raise MissingFileError(f"{d}: spectrogram folder does not exist")
     if _vas_root(d) is not None:
         return "vas"
     if (d / MEL_SUBDIR).is_dir() or any(d.glob("*_mel.npy")):
         return "vggsound"
-    raise ValueError(
+    raise UserError(
         f"{d}: unknown layout; expected VAS (<class>/{MEL_SUBDIR}/<id>_mel.npy) or VGGSound "
         f"({MEL_SUBDIR}/<id>_mel.npy or <id>_mel.npy)"
     )
@@ -110,13 +111,13 @@ def _vggsound_labels(csv_path: Path) -> tuple[dict[tuple[str, int], int], tuple[
             if not row:
                 continue
             if len(row) < 3:
-                raise ValueError(f"{csv_path}:{n + 1}: expected 'ytid,start_seconds,label,...'")
+                raise UserError(f"{csv_path}:{n + 1}: expected 'ytid,start_seconds,label,...'")
             try:
                 start_ms = round(float(row[1]) * 1000)
             except ValueError:
                 if n == 0:  # tolerate a header line
                     continue
-                raise ValueError(f"{csv_path}:{n + 1}: bad start seconds {row[1]!r}") from None
+                raise UserError(f"{csv_path}:{n + 1}: bad start seconds {row[1]!r}") from None
             rows.append((row[0].strip(), start_ms, row[2].strip()))
     names = tuple(sorted({r[2] for r in rows}))
     index = {name: i for i, name in enumerate(names)}
@@ -189,7 +190,7 @@ def _resolve_split_file(split: str, prefix: str, dirs: Sequence[Path], data_dir:
     name = f"{prefix}_{split}.txt"
     found = _find_file(name, dirs)
     if found is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"split list {name} not found in {', '.join(map(str, dirs))} (data_dir={data_dir})"
         )
     return found
@@ -198,7 +199,7 @@ def _resolve_split_file(split: str, prefix: str, dirs: Sequence[Path], data_dir:
 def _open_vas(data_dir: Path, split: str, split_file: Path | None):
     root = _vas_root(data_dir)
     if root is None:
-        raise ValueError(f"{data_dir}: no <class>/{MEL_SUBDIR} folders (VAS layout expected)")
+        raise UserError(f"{data_dir}: no <class>/{MEL_SUBDIR} folders (VAS layout expected)")
     search = list(dict.fromkeys([data_dir, root, root.parent]))
     split_file = split_file or _resolve_split_file(split, "vas", search, data_dir)
     entries = _read_lines(split_file)
@@ -215,7 +216,7 @@ def _open_vas(data_dir: Path, split: str, split_file: Path | None):
     listing: dict[str, set[str]] = {}
     for n, entry in enumerate(entries):
         if "/" not in entry:
-            raise ValueError(f"{split_file}:{n + 1}: expected '<class>/<id>', got {entry!r}")
+            raise UserError(f"{split_file}:{n + 1}: expected '<class>/<id>', got {entry!r}")
         cls, vid = entry.split("/", 1)
         if cls not in listing:
             mel_dir = root / cls / MEL_SUBDIR
@@ -280,15 +281,15 @@ def open_spec_source(
         csv_path = Path(labels_csv) if labels_csv is not None else None
         paths, ids, labels, class_names, sf, present = _open_vggsound(data_dir, split, sf, csv_path)
     else:
-        raise ValueError(f"layout={layout!r}; expected 'auto', 'vas' or 'vggsound'")
+        raise UserError(f"layout={layout!r}; expected 'auto', 'vas' or 'vggsound'")
     missing = [p for p, ok in zip(paths, present) if not ok]
     if missing and strict:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{missing[0]}: listed in {sf} but missing ({len(missing)} of {len(paths)} "
             "listed files are missing; pass strict=False to skip them)"
         )
     if len(missing) == len(paths):
-        raise ValueError(
+        raise UserError(
             f"{data_dir}: split {split!r} resolves to zero files (split list {sf} has "
             f"{len(paths)} entries, none found on disk)"
         )

@@ -121,6 +121,16 @@ CASES = {
         "train.py --config {r}/broken.py --workdir {r}/w",
         ["--config", "broken.py:1"],
     ),
+    "train_missing_data_dir": (
+        "train.py --config configs/specvqgan_vggsound.py --config.data.global_batch_size=8 "
+        "--config.data.dir={r}/nope",
+        ["config.data.dir", "nope", "not a directory"],
+    ),
+    "train_data_dir_without_mels": (
+        "train.py --config configs/specvqgan_vggsound.py --config.data.global_batch_size=8 "
+        "--config.data.dir={r}/empty",
+        ["empty", "unknown layout"],
+    ),
     "evaluate_missing_workdir": ("evaluate.py --workdir {r}/nope", ["--workdir", "config.json"]),
     "evaluate_num_samples_0": ("evaluate.py --workdir {cb} --num_samples 0", ["--num_samples=0"]),
     "extract_codes_no_checkpoint": (
