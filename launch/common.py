@@ -31,6 +31,10 @@ def run(main):
         except UserError as e:
             _fail(str(e), flags.FLAGS.verbose)
 
+    # A path that is not UTF-8 (surrogate-escaped, PEP 383) prints as \xff, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     app.run(guarded, flags_parser=parse_flags)
 
 
