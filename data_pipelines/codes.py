@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from avjax.models.specvqgan import permuter
 from data_pipelines import pipeline, spec_folders
+from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = [
     "META",
@@ -59,8 +60,9 @@ def codebook_step(workdir: str | os.PathLike) -> int:
         else []
     )
     if not steps:
-        raise FileNotFoundError(
-            f"{ckpt}: no checkpoint steps; config.codebook.workdir must be a trained codebook run"
+        raise MissingFileError(
+            f"{ckpt}: no checkpoint steps; the codebook workdir (--codebook_workdir, or "
+            "config.codebook.workdir when training) must be a trained codebook run"
         )
     return max(steps)
 
@@ -134,12 +136,12 @@ def load_codes(codes_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, li
     meta = _read_meta(codes_dir)
     path = codes_dir / f"{split}.npy"
     if meta is None or not path.is_file():
-        raise FileNotFoundError(f"{path}: no extracted codes (run launch/extract_codes.py)")
+        raise MissingFileError(f"{path}: no extracted codes (run launch/extract_codes.py)")
     codes = np.load(path, allow_pickle=False).astype(np.int32)
     ids = _read_ids(codes_dir, split)
     h, w = meta["grid"]
     if codes.ndim != 2 or codes.shape != (len(ids), h * w):
-        raise ValueError(
+        raise UserError(
             f"{path}: codes of shape {codes.shape} do not match {len(ids)} ids x {h}*{w} tokens"
         )
     return codes, ids, meta

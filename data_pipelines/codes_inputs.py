@@ -34,6 +34,7 @@ from data_pipelines import codes as codes_lib
 from data_pipelines import features as feats_lib
 from data_pipelines import inputs as inputs_lib
 from data_pipelines import pipeline, spec_folders, synthetic_audio
+from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = ["CodesSource", "ensure_codes", "make_inputs", "open_codes_source"]
 
@@ -108,7 +109,7 @@ def _check_feature_files(paths: Sequence[Sequence[pathlib.Path]], split: str):
             if p.name not in listings[p.parent]:
                 missing.append(p)
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{missing[0]}: feature file not found ({len(missing)} feature files of split "
             f"{split!r} are missing; config.data.features selects which features are read)"
         )
@@ -128,7 +129,7 @@ def open_codes_source(
     row = {cid: r for r, cid in enumerate(code_ids)}
     missing = [i for i in clips.ids if i not in row]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{codes_dir}: {len(missing)} clips of split {split!r} have no codes (e.g. "
             f"{missing[0]}); re-run launch/extract_codes.py"
         )
@@ -200,13 +201,13 @@ def ensure_codes(config, data_dir: pathlib.Path, splits: Sequence[str]) -> pathl
     d = config.data
     workdir = config.codebook.workdir
     if not workdir:
-        raise ValueError(
+        raise UserError(
             "config.codebook.workdir is not set: pass --config.codebook.workdir=W, a trained "
             "codebook run (launch/train.py --config configs/specvqgan_vggsound.py)"
         )
     workdir = pathlib.Path(workdir).expanduser()
     if not (workdir / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"config.codebook.workdir: {workdir} is not a codebook run (no config.json)"
         )
     codes_dir = pathlib.Path(
@@ -224,7 +225,7 @@ def ensure_codes(config, data_dir: pathlib.Path, splits: Sequence[str]) -> pathl
     if todo:
         cmd = codes_lib.extract_command(workdir, data_dir, codes_dir, todo, d.layout)
         if jax.process_count() > 1:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no current codes for splits {todo} in {codes_dir}; extract them once before "
                 f"training:\n  {cmd}"
             )
@@ -271,7 +272,7 @@ def make_inputs(config) -> inputs_lib.Inputs:
     num_classes = config.model.get("num_classes", 0)
     unlabelled = int(train_src.labels.min()) < 0
     if num_classes and (len(train_src.class_names) != num_classes or unlabelled):
-        raise ValueError(
+        raise UserError(
             f"config.model.num_classes={num_classes} but split {d.train_split!r} of "
             f"{data_dir} has {len(train_src.class_names)} classes"
             + (" and unlabelled clips" if unlabelled else "")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines import safe_pickle
+from data_pipelines.errors import MissingFileError, UserError
 from data_pipelines.spec_folders import MEL_SUBDIR
 
 __all__ = [
@@ -70,20 +71,20 @@ class FeatureSpec:
 
     def __post_init__(self):
         if self.kind not in FEATURE_DIRS:
-            raise ValueError(
+            raise UserError(
                 f"config.data.features={self.kind!r}; expected one of {sorted(FEATURE_DIRS)}"
             )
         if not 0 < self.feat_crop <= self.feat_len:
-            raise ValueError(
+            raise UserError(
                 f"config.data.feat_crop={self.feat_crop} must lie in [1, feat_len={self.feat_len}]"
             )
         if not 0 < self.sample_size <= self.feat_crop:
-            raise ValueError(
+            raise UserError(
                 f"config.data.feat_sample_size={self.sample_size} must lie in "
                 f"[1, feat_crop={self.feat_crop}]"
             )
         if self.kind != "none" and self.dim != self.file_dim:
-            raise ValueError(
+            raise UserError(
                 f"config.data.features={self.kind!r} gives {self.file_dim}-d features but the "
                 f"model expects {self.dim} (config.model.feat_dim)"
             )
@@ -116,16 +117,16 @@ def load_feature_pkl(path: str | os.PathLike, dim: int | None = None) -> np.ndar
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: feature file not found")
+        raise MissingFileError(f"{path}: feature file not found")
     x = safe_pickle.load_array_pickle(path)
     if x.ndim != 2 or x.shape[0] == 0 or (dim is not None and x.shape[1] != dim):
         want = f"[~215, {dim}]" if dim is not None else "[T, D]"
-        raise ValueError(f"{path}: features have shape {x.shape}, expected {want}")
+        raise UserError(f"{path}: features have shape {x.shape}, expected {want}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"{path}: features have dtype {x.dtype}, expected float")
+        raise UserError(f"{path}: features have dtype {x.dtype}, expected float")
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
-        raise ValueError(f"{path}: features have {int((~np.isfinite(x)).sum())} non-finite values")
+        raise UserError(f"{path}: features have {int((~np.isfinite(x)).sum())} non-finite values")
     return x
 
 
@@ -186,7 +187,7 @@ def read_feature_streams(
     if flow is None and path.parent.name == RGB_BNINCEPTION:
         flow = path.parent.parent / FLOW_BNINCEPTION / path.name
     if flow is None or x.shape[1] > dim:
-        raise ValueError(
+        raise UserError(
             f"{path}: features are {x.shape[1]}-d but the transformer expects {dim}-d; for "
             f"BN-Inception give the rgb pkl inside {RGB_BNINCEPTION}/ next to "
             f"{FLOW_BNINCEPTION}/ (or --flow_features)"
@@ -220,7 +221,7 @@ def load_clip_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec) ->
     """Reads a clip's feature files (rgb[, flow]) -> [sample_size, dim] float32."""
     dims = [d for _, d in FEATURE_DIRS[spec.kind]]
     if len(paths) != len(dims):
-        raise ValueError(f"features={spec.kind!r} needs {len(dims)} files, got {list(paths)}")
+        raise UserError(f"features={spec.kind!r} needs {len(dims)} files, got {list(paths)}")
     return prepare_features([load_feature_pkl(p, d) for p, d in zip(paths, dims)], spec)
 
 

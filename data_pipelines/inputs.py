@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import pipeline, spec_folders, synthetic_audio
+from data_pipelines.errors import MissingFileError, UserError
 
 SYNTHETIC_NUM_TRAIN = 64
 SYNTHETIC_NUM_VALID = 16
@@ -31,7 +32,7 @@ def resolve_data_dir(config) -> pathlib.Path:
     if config.data.dir:
         path = pathlib.Path(config.data.dir).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"config.data.dir: {path} is not a directory")
+            raise MissingFileError(f"config.data.dir: {path} is not a directory")
         return path
     if config.data.synthetic:
         return synthetic_audio.make_synthetic_dataset(
@@ -40,7 +41,7 @@ def resolve_data_dir(config) -> pathlib.Path:
             num_valid=SYNTHETIC_NUM_VALID,
             seed=0,
         )
-    raise ValueError(
+    raise UserError(
         "config.data.dir is not set: pass --config.data.dir=/path/to/dataset (the official "
         "layout: VGGSound melspec folder + split lists, or VAS class folders; "
         "`launch/preprocess.py` builds one from videos), or use the ':tiny' config variant, "
@@ -86,7 +87,7 @@ def make_inputs(config) -> Inputs:
         from data_pipelines import video_inputs
 
         return video_inputs.make_inputs(config)
-    raise ValueError(f"config.task: no input pipeline for {config.task!r}")
+    raise UserError(f"config.task: no input pipeline for {config.task!r}")
 
 
 def spectrogram_inputs(config) -> Inputs:
@@ -101,12 +102,12 @@ def spectrogram_inputs(config) -> Inputs:
     if config.task == "classifier":
         num = len(train_src.class_names)
         if num == 0 or int(np.min(train_src.labels)) < 0:
-            raise ValueError(
+            raise UserError(
                 f"config.task='classifier' needs labels, but {data_dir} split {d.train_split!r} "
                 "has none: VAS class folders give them; for VGGSound pass --config.data.labels_csv"
             )
         if num != config.model.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"config.model.num_classes={config.model.num_classes} but the dataset in "
                 f"{data_dir} has {num} classes; pass --config.model.num_classes={num}"
             )

@@ -31,7 +31,9 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from avjax.errors import UserError
 from data_pipelines import m3so
+from data_pipelines.errors import MissingFileError
 
 __all__ = [
     "AvFramesBuilder",
@@ -149,9 +151,12 @@ def prepare(builder: _ClipsBuilder) -> _ClipsBuilder:
         stored = json.loads(meta_file.read_text()) if meta_file.is_file() else None
         current = json.loads(json.dumps(builder._metadata))
         if stored != current:
-            raise ValueError(
-                f"{builder.data_dir}: already holds a dataset made differently ({stored}, now "
-                f"{current}); use a fresh --out"
+            keys = sorted(
+                k for k in {*(stored or {}), *current} if (stored or {}).get(k) != current.get(k)
+            )
+            raise UserError(
+                f"--out: {builder.data_dir} already holds a dataset made differently "
+                f"(differs in {', '.join(keys)}); use a fresh --out"
             )
         log.info("reusing %s", builder.data_dir)
         return builder
@@ -182,7 +187,7 @@ def write_m3so(
     config.validate()
     counts = {"train": num_train, "val": num_val, "test": num_test}
     if any(n < 0 for n in counts.values()):
-        raise ValueError(f"clip counts must be >= 0, got {counts}")
+        raise UserError(f"clip counts must be >= 0, got {counts}")
 
     def split_gen(split: str, num: int) -> ExampleGen:
         def gen():
@@ -258,14 +263,14 @@ def _dataset_dir(root: Path) -> Path:
         return root
     infos = sorted(root.glob("avjax_*/*/dataset_info.json"))
     if not infos:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root}: no prepared clip dataset (expected avjax_m3so/<version>/ or "
             "avjax_av_frames/<version>/ with dataset_info.json); make one with "
             "`python launch/make_m3so.py --out DIR` or "
             "`python launch/preprocess.py --target sound2sight --videos V --out DIR`"
         )
     if len({p.parent.parent for p in infos}) > 1:
-        raise ValueError(f"{root}: holds several clip datasets {infos}; point at one of them")
+        raise UserError(f"{root}: holds several clip datasets {infos}; point at one of them")
     return infos[-1].parent
 
 
@@ -280,12 +285,12 @@ class ClipSource:
     def __init__(self, data_dir: str | os.PathLike, split: str):
         root = Path(data_dir).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"config.data.dir: {root} is not a directory")
+            raise MissingFileError(f"config.data.dir: {root} is not a directory")
         ds_dir = _dataset_dir(root)
         builder = tfds.builder_from_directory(os.fspath(ds_dir))
         split = SPLIT_ALIASES.get(split, split)
         if split not in builder.info.splits:
-            raise ValueError(
+            raise UserError(
                 f"{ds_dir}: no split {split!r}; available: {sorted(builder.info.splits)}"
             )
         feats = builder.info.features

@@ -190,7 +190,7 @@ class Summary:
 
     def __str__(self) -> str:
         lines = [f"{self.done} done, {self.skipped} already done, {len(self.failed)} failed"]
-        lines += [f"  FAILED {path}: {error}" for path, error in self.failed]
+        lines += [f"  FAILED {shown(path)}: {shown(error)}" for path, error in self.failed]
         return "\n".join(lines)
 
 
@@ -242,33 +242,84 @@ def _collect(results, summary: Summary, bar) -> None:
             summary.done += 1
         else:
             summary.failed.append((path, error))
-            bar.write(f"FAILED {path}: {error}")
+            bar.write(f"FAILED {shown(path)}: {shown(error)}")
         bar.update(1)
 
 
-def write_split_lists(out_dir: str | os.PathLike, valid_fraction: float = 0.1) -> dict[str, int]:
-    """Writes `vggsound_{train,valid}.txt` over every `*_mel.npy` in OUT/melspec_10s_22050hz.
+SPLITS = ("train", "valid")
 
-    The split is deterministic per clip (a hash of its id), so adding clips never moves old
-    ones between splits; with two or more clips, at least one lands in each split. Existing
-    lists are left alone. Returns the number of ids per split.
+
+def shown(path: str | os.PathLike) -> str:
+    """`path` printable on any terminal: bytes that are not UTF-8 appear as `\\xff`."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _id_bytes(clip_id: str) -> bytes:
+    # File names that are not UTF-8 arrive as surrogate escapes (PEP 383); their bytes are the
+    # name on disk, so the hash and the list line are those bytes.
+    return clip_id.encode("utf-8", "surrogateescape")
+
+
+def read_split_list(path: str | os.PathLike) -> list[str]:
+    """The ids of one split list; lines that are not UTF-8 read back as the same file names."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def _write_lines_atomic(path: pathlib.Path, lines: list[str]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write("".join(f"{i}\n" for i in lines))
+    os.replace(tmp, path)
+
+
+def update_split_lists(
+    out_dir: str | os.PathLike, valid_fraction: float = 0.1
+) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Writes or extends `vggsound_{train,valid}.txt` over OUT/melspec_10s_22050hz/*_mel.npy.
+
+    A clip goes to valid when a hash of its id (sha1 of the file name's bytes, as a fraction
+    of 2^32) is below `valid_fraction`, so the assignment never depends on the other clips.
+    First run: with two or more clips at least one lands in each split. Later runs (the
+    folder gained clips) keep every listed id where it is (ids in `vggsound_test.txt` too)
+    and append only the new ones, by the same hash rule. Ids whose file names are not UTF-8
+    are written as their raw bytes and read back as the same names (`read_split_list`).
+    Each list is replaced atomically.
+
+    Returns:
+      (ids per split now, the ids added per split by this call).
     """
-    out = pathlib.Path(out_dir)
-    ids = sorted(
-        p.name.removesuffix("_mel.npy") for p in (out / "melspec_10s_22050hz").glob("*_mel.npy")
-    )
-    files = {s: out / f"vggsound_{s}.txt" for s in ("train", "valid")}
-    if all(f.exists() for f in files.values()) or not ids:
-        return {s: len(f.read_text().split()) if f.exists() else 0 for s, f in files.items()}
     if not 0.0 <= valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
-    score = {i: int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 2**32 for i in ids}
-    valid = [i for i in ids if score[i] < valid_fraction]
-    if len(ids) >= 2 and valid_fraction > 0 and not valid:
-        valid = [min(ids, key=score.get)]
-    if len(valid) == len(ids):
-        valid = valid[:-1]
-    train = [i for i in ids if i not in set(valid)]
-    for split, lines in (("train", train), ("valid", valid)):
-        files[split].write_text("".join(f"{i}\n" for i in lines))
-    return {"train": len(train), "valid": len(valid)}
+    out = pathlib.Path(out_dir)
+    ids = sorted(p.name.removesuffix("_mel.npy") for p in (out / OUT_SUBDIR).glob("*_mel.npy"))
+    files = {s: out / f"vggsound_{s}.txt" for s in SPLITS}
+    listed = {s: read_split_list(f) if f.exists() else [] for s, f in files.items()}
+    first_run = not any(f.exists() for f in files.values())
+    taken = {i for v in listed.values() for i in v}
+    test_list = out / "vggsound_test.txt"
+    if test_list.exists():
+        taken.update(read_split_list(test_list))
+    new = [i for i in ids if i not in taken]
+    score = {i: int(hashlib.sha1(_id_bytes(i)).hexdigest()[:8], 16) / 2**32 for i in new}
+    valid = [i for i in new if score[i] < valid_fraction]
+    if first_run:
+        if len(new) >= 2 and valid_fraction > 0 and not valid:
+            valid = [min(new, key=score.get)]
+        if valid and len(valid) == len(new):
+            valid = valid[:-1]
+    valid_set = set(valid)
+    added = {"train": [i for i in new if i not in valid_set], "valid": valid}
+    for split in SPLITS:
+        if added[split] or (not files[split].exists() and new):
+            _write_lines_atomic(files[split], listed[split] + added[split])
+    counts = {s: len(listed[s]) + len(added[s]) for s in SPLITS}
+    return counts, added
+
+
+def write_split_lists(out_dir: str | os.PathLike, valid_fraction: float = 0.1) -> dict[str, int]:
+    """`update_split_lists`, returning only the number of ids per split."""
+    return update_split_lists(out_dir, valid_fraction)[0]

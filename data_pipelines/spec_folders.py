@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from avjax.audio import validate as mel_check
+from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = [
     "MEL_SUBDIR",
@@ -39,21 +40,18 @@ log = logging.getLogger(__name__)
 MEL_SUBDIR = "melspec_10s_22050hz"
 NUM_MELS = 80
 MIN_FRAMES = 848  # the SpecVQGAN crop; official files have 860 frames
-RANGE_TOL = 1e-4  # allowed excursion outside [0, 1] before a file counts as corrupt
+RANGE_TOL = mel_check.RANGE_TOL  # allowed excursion outside [0, 1] before a file is corrupt
 
 _SPLIT_ALIASES = {"val": "valid", "validation": "valid", "eval": "valid"}
-_NPY_LOCK = threading.Lock()
 
 
 def _parse_npy(data: bytes, path: str) -> np.ndarray:
-    # np.load parses the header with ast.literal_eval, which intermittently raises
-    # SystemError under threads on CPython 3.11.7 (STACK.md 5, pitfall 4): parse under a lock.
-    with _NPY_LOCK:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+    """A .npy file's bytes -> array (thread-safe; `UserError` naming `path` if corrupt)."""
+    return mel_check.read_npy(path, data)
 
 
 def load_mel_npy(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.ndarray:
-    """Reads and validates one `*_mel.npy`; thread-safe.
+    """Reads and validates one `*_mel.npy` with `avjax.audio.validate.load_mel`; thread-safe.
 
     Args:
       path: the file.
@@ -63,32 +61,10 @@ def load_mel_npy(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.nd
       [80, T] float32 in [0, 1] with T >= min_frames (float64 files are cast).
 
     Raises:
-      ValueError naming the file: unreadable/corrupt, wrong shape, non-finite values or
-      values outside [0, 1] by more than 1e-4.
+      UserError (a ValueError) naming the file: unreadable/corrupt, wrong dtype or shape,
+      non-finite values or values outside [0, 1] by more than 1e-4.
     """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        mel = _parse_npy(data, path)
-    except Exception as e:
-        raise ValueError(
-            f"{path}: unreadable log-mel file, expected a .npy array [80, >={min_frames}] "
-            f"({type(e).__name__}: {e})"
-        ) from e
-    if mel.ndim != 2 or mel.shape[0] != NUM_MELS or mel.shape[1] < min_frames:
-        raise ValueError(
-            f"{path}: log-mel has shape {mel.shape}, expected [{NUM_MELS}, >={min_frames}]"
-        )
-    if not np.issubdtype(mel.dtype, np.floating):
-        raise ValueError(f"{path}: log-mel has dtype {mel.dtype}, expected float32/float64")
-    mel = mel.astype(np.float32, copy=False)
-    if not np.isfinite(mel).all():
-        raise ValueError(f"{path}: log-mel has {int((~np.isfinite(mel)).sum())} non-finite values")
-    lo, hi = float(mel.min()), float(mel.max())
-    if lo < -RANGE_TOL or hi > 1.0 + RANGE_TOL:
-        raise ValueError(f"{path}: log-mel values span [{lo:.4g}, {hi:.4g}], expected [0, 1]")
-    return np.clip(mel, 0.0, 1.0) if (lo < 0.0 or hi > 1.0) else mel
+    return mel_check.load_mel(path, min_frames=min_frames)
 
 
 def _find_file(name: str, dirs: Sequence[Path]) -> Path | None:
@@ -99,7 +75,8 @@ def _find_file(name: str, dirs: Sequence[Path]) -> Path | None:
 
 
 def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
+    # surrogateescape: a line naming a file whose name is not UTF-8 maps back to that file
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return [ln.strip() for ln in f if ln.strip()]
 
 
@@ -115,12 +92,12 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
     """Returns "vas" or "vggsound" for a folder in an official layout (see module doc)."""
     d = Path(data_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: spectrogram folder does not exist")
+        raise MissingFileError(f"{d}: spectrogram folder does not exist")
     if _vas_root(d) is not None:
         return "vas"
     if (d / MEL_SUBDIR).is_dir() or any(d.glob("*_mel.npy")):
         return "vggsound"
-    raise ValueError(
+    raise UserError(
         f"{d}: unknown layout; expected VAS (<class>/{MEL_SUBDIR}/<id>_mel.npy) or VGGSound "
         f"({MEL_SUBDIR}/<id>_mel.npy or <id>_mel.npy)"
     )
@@ -134,13 +111,13 @@ def _vggsound_labels(csv_path: Path) -> tuple[dict[tuple[str, int], int], tuple[
             if not row:
                 continue
             if len(row) < 3:
-                raise ValueError(f"{csv_path}:{n + 1}: expected 'ytid,start_seconds,label,...'")
+                raise UserError(f"{csv_path}:{n + 1}: expected 'ytid,start_seconds,label,...'")
             try:
                 start_ms = round(float(row[1]) * 1000)
             except ValueError:
                 if n == 0:  # tolerate a header line
                     continue
-                raise ValueError(f"{csv_path}:{n + 1}: bad start seconds {row[1]!r}") from None
+                raise UserError(f"{csv_path}:{n + 1}: bad start seconds {row[1]!r}") from None
             rows.append((row[0].strip(), start_ms, row[2].strip()))
     names = tuple(sorted({r[2] for r in rows}))
     index = {name: i for i, name in enumerate(names)}
@@ -186,7 +163,8 @@ class SpecSource:
         self.layout = layout
         self.split = split
         self.min_frames = min_frames
-        digest = hashlib.sha1("\n".join(self.ids).encode()).hexdigest()[:12]
+        digest = hashlib.sha1("\n".join(self.ids).encode("utf-8", "surrogateescape"))
+        digest = digest.hexdigest()[:12]
         self._repr = (
             f"SpecSource(layout={layout!r}, split={split!r}, num_examples={len(self.ids)}, "
             f"num_classes={len(self.class_names)}, ids_sha1={digest!r})"
@@ -212,7 +190,7 @@ def _resolve_split_file(split: str, prefix: str, dirs: Sequence[Path], data_dir:
     name = f"{prefix}_{split}.txt"
     found = _find_file(name, dirs)
     if found is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"split list {name} not found in {', '.join(map(str, dirs))} (data_dir={data_dir})"
         )
     return found
@@ -221,7 +199,7 @@ def _resolve_split_file(split: str, prefix: str, dirs: Sequence[Path], data_dir:
 def _open_vas(data_dir: Path, split: str, split_file: Path | None):
     root = _vas_root(data_dir)
     if root is None:
-        raise ValueError(f"{data_dir}: no <class>/{MEL_SUBDIR} folders (VAS layout expected)")
+        raise UserError(f"{data_dir}: no <class>/{MEL_SUBDIR} folders (VAS layout expected)")
     search = list(dict.fromkeys([data_dir, root, root.parent]))
     split_file = split_file or _resolve_split_file(split, "vas", search, data_dir)
     entries = _read_lines(split_file)
@@ -238,7 +216,7 @@ def _open_vas(data_dir: Path, split: str, split_file: Path | None):
     listing: dict[str, set[str]] = {}
     for n, entry in enumerate(entries):
         if "/" not in entry:
-            raise ValueError(f"{split_file}:{n + 1}: expected '<class>/<id>', got {entry!r}")
+            raise UserError(f"{split_file}:{n + 1}: expected '<class>/<id>', got {entry!r}")
         cls, vid = entry.split("/", 1)
         if cls not in listing:
             mel_dir = root / cls / MEL_SUBDIR
@@ -303,15 +281,15 @@ def open_spec_source(
         csv_path = Path(labels_csv) if labels_csv is not None else None
         paths, ids, labels, class_names, sf, present = _open_vggsound(data_dir, split, sf, csv_path)
     else:
-        raise ValueError(f"layout={layout!r}; expected 'auto', 'vas' or 'vggsound'")
+        raise UserError(f"layout={layout!r}; expected 'auto', 'vas' or 'vggsound'")
     missing = [p for p, ok in zip(paths, present) if not ok]
     if missing and strict:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{missing[0]}: listed in {sf} but missing ({len(missing)} of {len(paths)} "
             "listed files are missing; pass strict=False to skip them)"
         )
     if len(missing) == len(paths):
-        raise ValueError(
+        raise UserError(
             f"{data_dir}: split {split!r} resolves to zero files (split list {sf} has "
             f"{len(paths)} entries, none found on disk)"
         )

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import spec_folders
+from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = ["SpecFolderBuilder", "TfdsSpecSource", "build_tfds", "open_tfds_source"]
 
@@ -38,7 +39,7 @@ def _available_splits(data_dir: Path, layout: str) -> dict[str, spec_folders.Spe
         except FileNotFoundError as e:  # no split list for this split (e.g. VAS has no test)
             log.info("skipping split %s: %s", split, e)
     if not sources:
-        raise ValueError(f"{data_dir}: no split lists ({layout} layout) resolve to any files")
+        raise UserError(f"{data_dir}: no split lists ({layout} layout) resolve to any files")
     return sources
 
 
@@ -103,7 +104,7 @@ class SpecFolderBuilder(tfds.core.GeneratorBasedBuilder):
             ex = source[i]
             mel = ex["mel"]
             if mel.shape != (80, NUM_FRAMES):
-                raise ValueError(
+                raise UserError(
                     f"{source.paths[i]}: log-mel shape {mel.shape}, the TFDS builder expects "
                     f"[80, {NUM_FRAMES}]"
                 )
@@ -131,7 +132,7 @@ def build_tfds(
         stored = json.loads(meta_file.read_text()).get("sources") if meta_file.is_file() else None
         current = {k: repr(v) for k, v in builder._get_sources().items()}
         if stored != current:
-            raise ValueError(
+            raise UserError(
                 f"{builder.data_dir}: already holds a dataset built from other data "
                 f"({stored}, now {current}); use a fresh out_dir"
             )
@@ -146,7 +147,7 @@ def _dataset_dir(out_dir: Path) -> Path:
         return out_dir
     infos = sorted(out_dir.glob(f"{SpecFolderBuilder.name}/*/dataset_info.json"))
     if not infos:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{out_dir}: no prepared {SpecFolderBuilder.name} dataset (expected "
             f"{SpecFolderBuilder.name}/<version>/dataset_info.json); run build_tfds first"
         )
@@ -164,7 +165,7 @@ class TfdsSpecSource:
         builder = tfds.builder_from_directory(os.fspath(ds_dir))
         split = {"val": "valid", "validation": "valid"}.get(split, split)
         if split not in builder.info.splits:
-            raise ValueError(
+            raise UserError(
                 f"{ds_dir}: no split {split!r}; available: {sorted(builder.info.splits)}"
             )
         self.split = split

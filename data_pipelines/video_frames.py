@@ -23,12 +23,14 @@ import hashlib
 import logging
 import os
 import pathlib
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from avjax.audio import io as audio_io
+from avjax.errors import UserError
 from avjax.video import io as video_io
 from data_pipelines import m3so, m3so_tfds
 
@@ -41,6 +43,7 @@ __all__ = [
     "build_frames_dataset",
     "clip_features",
     "find_videos",
+    "probe_clip",
     "split_videos",
     "window_starts",
 ]
@@ -70,6 +73,35 @@ def clip_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {"frames": frames, "waveform": wave, "audio": audio}
 
 
+def probe_clip(path: str | os.PathLike, num_frames: int) -> str | None:
+    """Why `path` cannot give a window (None if it may): read from the container header only.
+
+    Catches what makes most clips unusable (not a media file, no video or audio stream, a
+    known duration shorter than one window; a name that is not UTF-8, which the TFDS ids
+    cannot hold) without decoding; a clip that passes can still fail while decoding.
+    """
+    import av
+
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8; rename it"
+    try:
+        with av.open(name) as c:
+            if not c.streams.video:
+                return "no video stream"
+            if not c.streams.audio:
+                return "no audio stream"
+            v = c.streams.video[0]
+            seconds = float(v.duration * v.time_base) if v.duration else (c.duration or 0) / 1e6
+    except (OSError, ValueError, av.error.FFmpegError) as e:
+        return f"not a readable video ({type(e).__name__}: {e})"
+    if seconds and seconds * FPS < num_frames - 1:
+        return f"{seconds:.2f} s is about {seconds * FPS:.0f} frames < num_frames={num_frames}"
+    return None
+
+
 def window_starts(total: int, num_frames: int) -> range:
     """Starts of the non-overlapping `num_frames` windows of a `total`-frame clip."""
     if num_frames < 1:
@@ -81,7 +113,7 @@ def find_videos(videos_dir: str | os.PathLike) -> list[pathlib.Path]:
     """Video files under `videos_dir` (recursive), sorted by relative path."""
     root = pathlib.Path(videos_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"--videos: {root} is not a directory")
+        raise UserError(f"--videos: {root} is not a directory")
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
 
 
@@ -91,7 +123,7 @@ def split_videos(
     """Whole clips to splits: ordered by md5 of the relative path, the first round(f * N) to
     val, the next to test (at least one each when the fraction is > 0 and N >= 3)."""
     if valid_fraction < 0 or test_fraction < 0 or valid_fraction + test_fraction >= 1:
-        raise ValueError(
+        raise UserError(
             f"--valid_fraction={valid_fraction} and --test_fraction={test_fraction} must be >= 0 "
             "and sum to less than 1"
         )
@@ -114,6 +146,7 @@ def build_frames_dataset(
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
     progress: bool = False,
+    report: Callable[[str, str], None] | None = None,
 ) -> tuple[m3so_tfds.AvFramesBuilder, dict[str, Any]]:
     """Writes `out_dir/avjax_av_frames/1.0.0` from the videos under `videos_dir`.
 
@@ -124,18 +157,49 @@ def build_frames_dataset(
       num_frames: frames per window; Sound2Sight's 64x64 configs need n_past + n_eval = 45.
       valid_fraction, test_fraction: shares of clips in val / test.
       progress: tqdm bar over clips.
+      report: called with (relative path, reason) for each skipped clip, as it is skipped.
 
     Returns:
       (the prepared builder, summary {"clips", "windows" per split, "skipped": [(path, why)]}).
+
+    Raises:
+      UserError: no video files, bad fractions, or no usable clip (then nothing is written;
+        each clip's reason went to `report` and the log first).
     """
     root = pathlib.Path(videos_dir)
+    if num_frames < 1:
+        raise UserError(f"--num_frames={num_frames} must be >= 1")
     paths = find_videos(root)
     if not paths:
-        raise ValueError(f"--videos: no video files ({sorted(VIDEO_EXTENSIONS)}) under {root}")
+        raise UserError(
+            f"--videos: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) under {root}"
+        )
     rel = [p.relative_to(root).as_posix() for p in paths]
-    classes = sorted({r.split("/")[0] for r in rel if "/" in r})
     splits = split_videos(rel, valid_fraction, test_fraction)
     summary: dict[str, Any] = {"clips": len(rel), "windows": {}, "skipped": []}
+
+    def skip(r: str, why: str) -> None:
+        summary["skipped"].append((r, why))
+        if report is not None:
+            report(r, why)
+        else:
+            log.warning("skipping %s: %s", r, why)
+
+    # Whole clips are split over every file found (stable as files come and go); the ones
+    # that cannot give a window are dropped before anything is written.
+    for r in rel:
+        why = probe_clip(root / r, num_frames)
+        if why is not None:
+            skip(r, why)
+    bad = {r for r, _ in summary["skipped"]}
+    splits = {k: [r for r in v if r not in bad] for k, v in splits.items()}
+    rel = [r for r in rel if r not in bad]
+    if not rel:
+        raise UserError(
+            f"--videos: none of the {summary['clips']} video files under {root} is usable "
+            "(reasons above); nothing written"
+        )
+    classes = sorted({r.split("/")[0] for r in rel if "/" in r})
     bar = None
     if progress:
         from tqdm import tqdm
@@ -149,8 +213,7 @@ def build_frames_dataset(
                 try:
                     feats = clip_features(root / r)
                 except (OSError, ValueError) as e:
-                    log.warning("skipping %s: %s", r, e)
-                    summary["skipped"].append((r, str(e)))
+                    skip(r, str(e))
                     continue
                 finally:
                     if bar is not None:
@@ -158,9 +221,7 @@ def build_frames_dataset(
                 T = len(feats["frames"])
                 starts = window_starts(T, num_frames)
                 if not starts:
-                    why = f"{T} frames < num_frames={num_frames}"
-                    log.warning("skipping %s: %s", r, why)
-                    summary["skipped"].append((r, why))
+                    skip(r, f"{T} frames < num_frames={num_frames}")
                 label = classes.index(r.split("/")[0]) if "/" in r else -1
                 for s in starts:
                     e = s + num_frames
@@ -203,9 +264,35 @@ def build_frames_dataset(
         metadata=metadata,
         data_dir=os.fspath(out_dir),
     )
+    made = _missing_dirs(pathlib.Path(out_dir), pathlib.Path(builder.data_dir))
     try:
         m3so_tfds.prepare(builder)
+    except Exception as e:
+        empty = [k for k, n in summary["windows"].items() if n == 0]
+        if not empty:
+            raise
+        for d in made:  # only folders this call created: no half-written dataset stays
+            shutil.rmtree(d, ignore_errors=True)
+        raise UserError(
+            f"--videos: the {'/'.join(empty)} split got no window from its clips "
+            "(reasons above); nothing written"
+        ) from e
     finally:
         if bar is not None:
             bar.close()
     return builder, summary
+
+
+def _missing_dirs(out_dir: pathlib.Path, data_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The outermost folders on the way to `data_dir` (and TFDS's `out_dir/downloads`) that
+    do not exist yet."""
+    made = []
+    for target in (data_dir, out_dir / "downloads"):
+        top = None
+        for d in [target, *target.parents]:
+            if d.exists():
+                break
+            top = d
+        if top is not None and top not in made:
+            made.append(top)
+    return made

@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import m3so, m3so_tfds, pipeline
+from data_pipelines.errors import MissingFileError, UserError
 from data_pipelines.inputs import Inputs, cache_dir
 
 __all__ = ["make_clip_dataset", "make_inputs", "synthetic_dir"]
@@ -102,14 +103,14 @@ def make_clip_dataset(
     """Batched process-local dataset of `num_frames`-frame windows (order in the module doc)."""
     pi, pc = pipeline._process_layout(process_index, process_count)
     if global_batch_size < 1 or global_batch_size % pc:
-        raise ValueError(
+        raise UserError(
             f"config.data.global_batch_size={global_batch_size} must be a positive multiple "
             f"of process_count={pc}"
         )
     if len(source) == 0:
-        raise ValueError(f"{source!r} is empty")
+        raise UserError(f"{source!r} is empty")
     if source.num_frames < num_frames:
-        raise ValueError(f"{source!r}: clips have {source.num_frames} frames < {num_frames}")
+        raise UserError(f"{source!r}: clips have {source.num_frames} frames < {num_frames}")
     local = global_batch_size // pc
     if train:
         ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
@@ -217,15 +218,15 @@ def _resolve(config) -> pathlib.Path:
     if d.get("dir"):
         path = pathlib.Path(d.dir).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"config.data.dir: {path} is not a directory")
+            raise MissingFileError(f"config.data.dir: {path} is not a directory")
         return path
     if d.get("synthetic"):
         kind = d.get("kind", "m3so")
         if kind not in ("m3so", "frames"):
-            raise ValueError(f"config.data.kind={kind!r}: expected 'm3so' or 'frames'")
+            raise UserError(f"config.data.kind={kind!r}: expected 'm3so' or 'frames'")
         need = d.n_past + max(d.n_future, d.get("n_eval", 0))
         return synthetic_dir(max(30, need), block=bool(d.get("block", False)), kind=kind)
-    raise ValueError(
+    raise UserError(
         "config.data.dir is not set: pass --config.data.dir=DIR made by "
         "`python launch/make_m3so.py --out DIR` (M3SO) or `python launch/preprocess.py "
         "--target sound2sight --videos V --out DIR` (real clips), or use the ':tiny' variant"
@@ -236,20 +237,20 @@ def _check(source: m3so_tfds.ClipSource, config, length: int, what: str):
     d = config.data
     h, w, c = source.frame_shape
     if "kind" in d and d.kind != source.kind:
-        raise ValueError(f"config.data.kind={d.kind!r} but {source.path} holds {source.kind!r}")
+        raise UserError(f"config.data.kind={d.kind!r} but {source.path} holds {source.kind!r}")
     if "image_size" in d and (h, w) != (d.image_size, d.image_size):
-        raise ValueError(
+        raise UserError(
             f"config.data.image_size={d.image_size} but {source.path} has {h}x{w} frames"
         )
     if "channels" in d and c != d.channels:
-        raise ValueError(f"config.data.channels={d.channels} but {source.path} has {c} channels")
+        raise UserError(f"config.data.channels={d.channels} but {source.path} has {c} channels")
     if "audio_shape" in d and tuple(d.audio_shape) != tuple(source.audio_shape):
-        raise ValueError(
+        raise UserError(
             f"config.data.audio_shape={tuple(d.audio_shape)} but {source.path} has audio "
             f"patches {source.audio_shape}"
         )
     if source.num_frames < length:
-        raise ValueError(
+        raise UserError(
             f"{source.path} split {source.split!r}: clips have {source.num_frames} frames, "
             f"fewer than {what} = {length}; regenerate with more frames "
             "(make_m3so.py --num_frames / preprocess.py --num_frames) or lower those fields"

@@ -28,6 +28,7 @@ from absl import logging
 from avjax.audio import mel as mel_lib
 from data_pipelines import inputs as inputs_lib
 from data_pipelines import pipeline, spec_folders
+from data_pipelines.errors import MissingFileError, UserError
 
 MEDIA_EXTS = (".wav", ".flac", ".mp4", ".mkv", ".webm", ".avi", ".mov", ".mp3", ".m4a", ".ogg")
 MAX_EXTRA_FRAMES = 8  # audio may give a few more STFT frames than its (trimmed) log-mel
@@ -46,7 +47,7 @@ class WaveSpec:
 
 def _audio_npy(mel_path: str) -> str:
     if not mel_path.endswith("_mel.npy"):
-        raise ValueError(f"{mel_path}: expected a '<id>_mel.npy' path")
+        raise UserError(f"{mel_path}: expected a '<id>_mel.npy' path")
     return mel_path[: -len("_mel.npy")] + "_audio.npy"
 
 
@@ -67,14 +68,14 @@ def check_wave(wave: np.ndarray, path: str, spec: WaveSpec) -> np.ndarray:
     """Validates a decoded waveform: 1-D, finite, at least `spec.min_samples` long."""
     wave = np.asarray(wave)
     if wave.ndim != 1:
-        raise ValueError(f"{path}: audio has shape {wave.shape}, expected a mono waveform [N]")
+        raise UserError(f"{path}: audio has shape {wave.shape}, expected a mono waveform [N]")
     if not np.issubdtype(wave.dtype, np.floating):
-        raise ValueError(f"{path}: audio has dtype {wave.dtype}, expected float32/float64")
+        raise UserError(f"{path}: audio has dtype {wave.dtype}, expected float32/float64")
     wave = wave.astype(np.float32, copy=False)
     if not np.isfinite(wave).all():
-        raise ValueError(f"{path}: audio has {int((~np.isfinite(wave)).sum())} NaN/inf samples")
+        raise UserError(f"{path}: audio has {int((~np.isfinite(wave)).sum())} NaN/inf samples")
     if len(wave) < spec.min_samples:
-        raise ValueError(
+        raise UserError(
             f"{path}: audio has {len(wave)} samples, fewer than the {spec.min_samples}-sample "
             "window (config.data.seq_len)"
         )
@@ -114,7 +115,7 @@ class WaveSource:
 
     def _load_npy(self, path: str, mel_path: str | None) -> np.ndarray:
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path}: waveform missing (MelGAN training reads '<id>_audio.npy' beside each "
                 "'<id>_mel.npy'; re-run launch/preprocess.py, or set "
                 "config.data.audio_source='media' to decode the videos)"
@@ -124,7 +125,7 @@ class WaveSource:
                 data = f.read()
             wave = spec_folders._parse_npy(data, path)
         except Exception as e:
-            raise ValueError(f"{path}: unreadable waveform file ({type(e).__name__}: {e})") from e
+            raise UserError(f"{path}: unreadable waveform file ({type(e).__name__}: {e})") from e
         wave = check_wave(wave, path, self.spec)
         if mel_path is not None and os.path.isfile(mel_path):
             # The log-mel was computed from this audio: its frame count pins the sample rate.
@@ -132,7 +133,7 @@ class WaveSource:
             audio_frames = 1 + len(wave) // self.spec.hop_length
             if not frames <= audio_frames <= frames + MAX_EXTRA_FRAMES:
                 sr = self.spec.sample_rate
-                raise ValueError(
+                raise UserError(
                     f"{path}: {len(wave)} samples give {audio_frames} STFT frames, but its "
                     f"log-mel {mel_path} has {frames} ({len(wave) / sr:.2f} s vs about "
                     f"{(frames - 1) * self.spec.hop_length / sr:.2f} s at {sr} Hz): the audio "
@@ -150,7 +151,7 @@ class WaveSource:
             frames.close()
             rate = None if first is None else first.sample_rate
             if rate != sr:
-                raise ValueError(
+                raise UserError(
                     f"{path}: audio is at {rate} Hz, expected {sr} Hz (set "
                     "config.data.media_resample=True to resample it)"
                 )
@@ -178,30 +179,30 @@ def open_wave_source(data_dir, split: str, config_data, spec: WaveSpec) -> WaveS
             listing[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         missing = [p for p in paths if os.path.basename(p) not in listing[os.path.dirname(p)]]
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{missing[0]}: waveform missing ({len(missing)} of {len(paths)} clips of split "
                 f"{split!r} have a '_mel.npy' but no '_audio.npy'; re-run launch/preprocess.py "
                 "or set config.data.audio_source='media' with config.data.media_dir)"
             )
         return WaveSource(paths, mels.ids, mels.paths, spec, split)
     if spec.audio_source != "media":
-        raise ValueError(
+        raise UserError(
             f"config.data.audio_source={spec.audio_source!r}; expected 'npy' or 'media'"
         )
     media_dir = config_data.get("media_dir")
     if not media_dir:
-        raise ValueError(
+        raise UserError(
             "config.data.audio_source='media' needs config.data.media_dir (the folder holding "
             "<entry>.mp4/.wav files, e.g. DIR/videos)"
         )
     media_dir = pathlib.Path(media_dir).expanduser()
     if not media_dir.is_dir():
-        raise FileNotFoundError(f"config.data.media_dir: {media_dir} is not a directory")
+        raise MissingFileError(f"config.data.media_dir: {media_dir} is not a directory")
     paths, ids = [], []
     for entry in mels.ids:
         found = _find_media(media_dir, entry)
         if found is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{media_dir / entry}.*: no media file for split entry {entry!r} "
                 f"(looked for {', '.join(MEDIA_EXTS)})"
             )
@@ -301,7 +302,7 @@ def make_inputs(config) -> inputs_lib.Inputs:
         media_resample=d.media_resample,
     )
     if d.seq_len % d.hop_length:
-        raise ValueError(
+        raise UserError(
             f"config.data.seq_len={d.seq_len} must be a multiple of hop_length={d.hop_length}"
         )
     train_src = open_wave_source(data_dir, d.train_split, d, spec)

@@ -21,6 +21,8 @@ from absl import flags
 from avjax import images
 from avjax.audio import griffin_lim, io
 from avjax.audio import mel as mel_lib
+from avjax.audio import validate as mel_check
+from avjax.errors import UserError
 from avjax.models.specvqgan.codec import Codec
 from launch import common
 
@@ -29,28 +31,57 @@ flags.DEFINE_string("input", None, "video/audio file or *_mel.npy spectrogram")
 flags.DEFINE_string("out", None, "output directory")
 flags.mark_flags_as_required(["workdir", "input", "out"])
 FLAGS = flags.FLAGS
+MIN_FRAMES = 16  # one code column: the codebook downsamples time by 16
 
 
 def load_mel(path: pathlib.Path) -> np.ndarray:
-    """[80, 860] (or [80, T] for a .npy) log-mel in [0, 1] from any supported input."""
+    """[80, 860] (or [80, T] for a .npy) log-mel in [0, 1] from any supported input.
+
+    Raises:
+      UserError naming the file: missing, undecodable, or a .npy that training would
+      refuse too (`avjax.audio.validate`).
+    """
+    if not path.is_file():
+        raise UserError(f"--input: {path} does not exist")
     if path.suffix == ".npy":
-        mel = np.load(path, allow_pickle=False)
-        if mel.ndim != 2 or mel.shape[0] != mel_lib.DEFAULT.n_mels:
-            raise ValueError(f"{path}: expected a mel spectrogram [80, T], got shape {mel.shape}")
-        if not np.isfinite(mel).all():
-            raise ValueError(f"{path}: spectrogram contains NaN or inf")
-        return mel.astype(np.float32)
-    wave = io.load_audio(path, mel_lib.DEFAULT.sample_rate)
+        return mel_check.load_mel(path, min_frames=MIN_FRAMES)
+    try:
+        wave = io.load_audio(path, mel_lib.DEFAULT.sample_rate)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--input: {e}") from e
     wave = mel_lib.fit_length(wave, mel_lib.DEFAULT.num_samples, "loop")
     return mel_lib.log_mel_spectrogram(wave)
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+    """--workdir must be a codebook run with a checkpoint (checked before any loading)."""
+    cfg = workdir / "config.json"
+    if not cfg.is_file():
+        raise UserError(f"--workdir: {cfg} not found; give a codebook training run")
+    try:
+        task = json.loads(cfg.read_text()).get("task")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"--workdir: {cfg} is not a readable run config ({e})") from e
+    if task != "vqgan":
+        raise UserError(f"--workdir: {workdir} is a {task!r} run, not a codebook ('vqgan') run")
+    if not (workdir / "checkpoints").is_dir():
+        raise UserError(f"--workdir: {workdir} has no checkpoints/ folder")
 
 
 def main(argv):
     del argv
     common.setup_jax()
     src, out = pathlib.Path(FLAGS.input), pathlib.Path(FLAGS.out)
-    codec = Codec.from_workdir(FLAGS.workdir)
-    mel = codec.crop(load_mel(src))
+    workdir = pathlib.Path(FLAGS.workdir)
+    check_workdir(workdir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a directory")
+    mel = load_mel(src)  # bad input stops here, before the checkpoint is read
+    try:
+        codec = Codec.from_workdir(workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"--workdir: {e}") from e
+    mel = codec.crop(mel)
     codes = codec.encode(mel)
     rec = codec.decode(codes)
     stem = src.stem.removesuffix("_mel")

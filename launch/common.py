@@ -8,6 +8,7 @@ import traceback
 
 import jax
 from absl import app, flags
+from ml_collections.config_flags import config_flags
 
 from avjax.errors import UserError
 
@@ -20,19 +21,76 @@ def run(main):
     """`app.run(main)`, printing a `UserError` as one `error: ...` line with exit status 1.
 
     Other exceptions are bugs and keep their traceback. `--verbose` shows the traceback of
-    user errors as well.
+    user errors as well. Flag-parsing mistakes (a bad value, an unknown `--config.x` field,
+    a missing or broken config file) are user errors too.
     """
 
     def guarded(argv):
         try:
             return main(argv)
         except UserError as e:
-            if flags.FLAGS.verbose:
-                traceback.print_exc()
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            _fail(str(e), flags.FLAGS.verbose)
 
-    app.run(guarded)
+    # A path that is not UTF-8 (surrogate-escaped, PEP 383) prints as \xff, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    app.run(guarded, flags_parser=parse_flags)
+
+
+def _fail(message: str, verbose: bool):
+    if verbose:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags (and loads config files) so that a mistake is one `error:` line, exit 1."""
+    verbose = any(a in ("--verbose", "--verbose=true", "--verbose=True", "-verbose") for a in argv)
+    try:
+        args = flags.FLAGS(argv)
+        for name in list(flags.FLAGS):  # config files load lazily: surface their errors now
+            if config_flags.is_config_flag(flags.FLAGS[name]) and flags.FLAGS[name].present:
+                # a file that failed to load is a stand-in raising on any attribute access
+                getattr(getattr(flags.FLAGS, name), "keys", None)
+        return args
+    except Exception as e:
+        _fail(flag_error_message(e, argv), verbose)
+
+
+def flag_error_message(e: Exception, argv: list[str]) -> str:
+    """One line for an exception raised while parsing flags or loading a config file."""
+    if isinstance(e, SyntaxError):
+        return f"--config: {e.filename}:{e.lineno}: {e.msg}"
+    if isinstance(e, (KeyError, AttributeError)):  # an override of a field the config lacks
+        key = str(e.__context__ if isinstance(e.__context__, KeyError) else e).strip("\"'")
+        override = next(
+            (
+                a.split("=", 1)[0]
+                for a in argv
+                if a.startswith("--")
+                and "." in a.split("=", 1)[0]
+                and key in a.split("=", 1)[0].split(".")[1:]
+            ),
+            None,
+        )
+        where = override or "--config"
+        return f"{where}: no field {key!r} in the config (check the spelling)"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if isinstance(e, flags.Error):
+        head = lines[0] if lines else str(e)
+        if len(lines) > 1 and "Traceback" in str(e):  # a config file's get_config raised
+            flag = head.split(":", 1)[0].removeprefix("flag ")
+            return f"{flag}: {lines[-1]}"
+        if head.startswith("flag "):
+            head = head[5:]
+        if "must have a value other than None" in head:
+            return f"{head.split('=', 1)[0]} is required"
+        return head
+    if isinstance(e, OSError):  # a missing config file (ml_collections defers the error)
+        return f"--config: {lines[-1] if lines else e}"
+    return f"flags: {type(e).__name__}: {lines[-1] if lines else e}"
 
 
 def compile_cache_dir() -> str:

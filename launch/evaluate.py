@@ -13,8 +13,9 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 
+from avjax.errors import UserError
 from launch import common
 
 flags.DEFINE_string("workdir", None, "trained run directory (its config.json names the task)")
@@ -32,23 +33,42 @@ FLAGS = flags.FLAGS
 def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     path = workdir / "config.json"
     if not path.is_file():
-        raise app.UsageError(f"--workdir: {path} not found; is {workdir} an avjax run?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+        raise UserError(f"--workdir: {path} not found; is {workdir} an avjax run?")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"--workdir: {path} is not a readable run config ({e})") from None
+
+
+def check_flags() -> None:
+    """Flag values, before anything is read."""
+    for name in ("num_samples", "batch_size", "max_clips"):
+        value = getattr(FLAGS, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name}={value} must be >= 1")
+    if FLAGS.data_dir and not pathlib.Path(FLAGS.data_dir).is_dir():
+        raise UserError(f"--data_dir: {FLAGS.data_dir} is not a directory")
+    if FLAGS.melception and not pathlib.Path(FLAGS.melception).exists():
+        raise UserError(f"--melception: {FLAGS.melception} does not exist")
 
 
 def main(argv):
     del argv
     common.setup_jax()
+    check_flags()
     workdir = pathlib.Path(FLAGS.workdir)
     config = load_run_config(workdir)
     if FLAGS.data_dir:
         config.data.dir = FLAGS.data_dir
-    if config.task == "transformer":
+    if config.get("task") == "transformer":
         from launch.evaluators import specvqgan as evaluator
-    elif config.task == "sound2sight":
+    elif config.get("task") == "sound2sight":
         from launch.evaluators import sound2sight as evaluator
     else:
-        raise app.UsageError(f"{workdir}: no evaluator for task {config.task!r}")
+        raise UserError(
+            f"--workdir: {workdir} is a {config.get('task')!r} run; evaluate.py "
+            "takes SpecVQGAN transformer and Sound2Sight runs"
+        )
     out = evaluator.run(config, workdir, FLAGS)
     print(f"wrote {out}")
 

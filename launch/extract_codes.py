@@ -9,13 +9,15 @@ DATA_DIR/codes/<codebook name>-<hash>, where the transformer configs look when
 `config.data.codes_dir` is unset (single-process training also extracts them by itself).
 """
 
+import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from absl import app, flags
+from absl import flags
 
+from avjax.errors import UserError
 from data_pipelines import codes, spec_folders
 from launch import common
 
@@ -42,16 +44,45 @@ def available_splits(data_dir: str, layout: str) -> list[str]:
             continue
         out.append(split)
     if not out:
-        raise app.UsageError(f"--data_dir: {data_dir} has no readable split (train/valid/test)")
+        raise UserError(f"--data_dir: {data_dir} has no readable split (train/valid/test)")
     return out
+
+
+def check_codebook(workdir: pathlib.Path) -> None:
+    """--codebook_workdir is a codebook run with a checkpoint."""
+    cfg = workdir / "config.json"
+    if not cfg.is_file():
+        raise UserError(f"--codebook_workdir: {cfg} not found; give a codebook training run")
+    try:
+        task = json.loads(cfg.read_text()).get("task")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"--codebook_workdir: {cfg} is not a readable run config ({e})") from None
+    if task != "vqgan":
+        raise UserError(f"--codebook_workdir: {workdir} is a {task!r} run, not a codebook run")
+    try:
+        codes.codebook_step(workdir)
+    except FileNotFoundError as e:
+        raise UserError(f"--codebook_workdir: {e}") from None
 
 
 def main(argv):
     del argv
     common.setup_jax()
     if not pathlib.Path(FLAGS.data_dir).is_dir():
-        raise app.UsageError(f"--data_dir: {FLAGS.data_dir} is not a directory")
+        raise UserError(f"--data_dir: {FLAGS.data_dir} is not a directory")
+    if FLAGS.batch_size < 1:
+        raise UserError(f"--batch_size={FLAGS.batch_size} must be >= 1")
+    if FLAGS.crop_frames is not None and FLAGS.crop_frames < 16:
+        raise UserError(f"--crop_frames={FLAGS.crop_frames} must be >= 16 (one code column)")
+    check_codebook(pathlib.Path(FLAGS.codebook_workdir))
     splits = FLAGS.splits or available_splits(FLAGS.data_dir, FLAGS.layout)
+    for split in splits:  # a missing split list or bad folder stops here, before encoding
+        try:
+            spec_folders.open_spec_source(
+                FLAGS.data_dir, split, FLAGS.layout, labels_csv=FLAGS.labels_csv
+            )
+        except (OSError, ValueError) as e:
+            raise UserError(f"--splits: {split}: {e}") from None
     out = codes.extract_codes(
         FLAGS.codebook_workdir,
         FLAGS.data_dir,

@@ -17,8 +17,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python launch/make_m3so.py` from a source checkout
     sys.path.insert(0, str(REPO))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from avjax.errors import UserError  # noqa: E402
 from data_pipelines import m3so, m3so_tfds  # noqa: E402
 from launch import common  # noqa: E402
 
@@ -63,8 +64,20 @@ def main(argv):
     try:
         config.validate()
     except ValueError as e:
-        raise app.UsageError(str(e)) from e
-    pools = m3so.load_digits(_MNIST.value, official=_OFFICIAL.value)
+        raise UserError(f"--{e}") from None  # "num_frames=1 must be ..." names the flag
+    for flag in (_NUM_TRAIN, _NUM_VAL, _NUM_TEST, _PREVIEWS):
+        if flag.value < 0:
+            raise UserError(f"--{flag.name}={flag.value} must be >= 0")
+    if _NUM_TRAIN.value + _NUM_VAL.value + _NUM_TEST.value == 0:
+        raise UserError("--num_train, --num_val and --num_test are all 0: nothing to generate")
+    out = pathlib.Path(_OUT.value)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a directory")
+    try:
+        pools = m3so.load_digits(_MNIST.value, official=_OFFICIAL.value)
+    except (OSError, ValueError) as e:
+        msg = str(e)
+        raise UserError(msg if msg.startswith("--") else f"--mnist_dir: {msg}") from None
     print(f"digits: {pools.source}; {config}")
     t0 = time.time()
     builder = m3so_tfds.write_m3so(

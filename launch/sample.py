@@ -29,6 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np
 from absl import flags
 
+from avjax.errors import UserError
 from launch import common
 
 FLAGS = flags.FLAGS
@@ -161,7 +162,9 @@ def main(argv):
 
     workdir, out = pathlib.Path(FLAGS.workdir), pathlib.Path(FLAGS.out)
     if FLAGS.num_samples < 1:
-        raise SystemExit(f"error: --num_samples={FLAGS.num_samples} must be >= 1")
+        raise UserError(f"--num_samples={FLAGS.num_samples} must be >= 1")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a directory")
     bar = tqdm(total=5 + FLAGS.num_samples, unit="step", desc="loading", dynamic_ncols=True)
     try:  # missing / unreadable / malformed inputs stop here, before the slow part
         config = run_config(workdir)
@@ -180,7 +183,7 @@ def main(argv):
         feats = condition(streams, spec, columns, v2s.window_columns, FLAGS.seed)
     except (OSError, ValueError) as e:
         bar.close()
-        raise SystemExit(f"error: {e}") from None
+        raise UserError(str(e)) from None
     bar.update(1)
     labels = np.asarray([FLAGS.label], np.int32) if num_classes else None
     s = config.get("sampling", {})

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from avjax.train import loop
 from avjax.train.tasks import make_task
+from avjax.train.validate import check_config
 from data_pipelines.inputs import make_inputs
 from launch import common
 
@@ -33,6 +34,7 @@ def main(argv):
     common.setup_jax(multihost=FLAGS.multihost)
     config = FLAGS.config
     workdir = pathlib.Path(FLAGS.workdir or common.default_workdir(sys.argv))
+    check_config(config, jax.device_count(), jax.process_count())  # before any data or compile
     inputs = make_inputs(config)
     task = make_task(config, inputs.stats)
     last = loop.train(config, workdir, task, inputs.train_iter, inputs.eval_iter_fn)

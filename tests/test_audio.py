@@ -3,6 +3,8 @@ fit_length, the JAX log-mel and the Griffin-Lim inverse."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pathlib
 import time
 from fractions import Fraction
@@ -152,6 +154,78 @@ def test_preprocess_fast_mode_loops(media_dir, tmp_path):
     assert wave.shape == (220500,) and np.load(mel_path).shape == (80, 860)
     n = len(audio_io.load_audio(media_dir / "tone.mp4"))
     np.testing.assert_array_equal(wave[n : 2 * n], wave[:n])
+
+
+def test_preprocess_grown_folder_appends_to_split_lists(media_dir, tmp_path):
+    """Re-running on a folder that gained clips lists the new ones; old ids stay put."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    tone = (media_dir / "tone.mp4").read_bytes()
+    for i in range(6):
+        (videos / f"clip{i}.mp4").write_bytes(tone)
+    preprocess.preprocess_folder(videos, out, mode="fast")
+    counts, added = preprocess.update_split_lists(out, 0.3)
+    first = {s: (out / f"vggsound_{s}.txt").read_text().split() for s in ("train", "valid")}
+    assert sorted(first["train"] + first["valid"]) == [f"clip{i}" for i in range(6)]
+    assert first["valid"] and added == first and counts == {s: len(v) for s, v in first.items()}
+    # the folder grows, including a name that is not UTF-8 (byte 0xff)
+    odd = os.fsdecode(b"caf\xff")
+    for name in ["clip6", "clip7", "clip8", "clip9", odd]:
+        (videos / f"{name}.mp4").write_bytes(tone)
+    summary = preprocess.preprocess_folder(videos, out, mode="fast")
+    assert summary.done == 5 and summary.skipped == 6 and not summary.failed
+    counts, added = preprocess.update_split_lists(out, 0.3)
+    now = {s: preprocess.read_split_list(out / f"vggsound_{s}.txt") for s in ("train", "valid")}
+    for s in ("train", "valid"):  # old entries first and unchanged, new ones appended
+        assert now[s][: len(first[s])] == first[s]
+        assert now[s][len(first[s]) :] == added[s]
+    assert sorted(added["train"] + added["valid"]) == sorted(
+        ["clip6", "clip7", "clip8", "clip9", odd]
+    )
+    # the same rule as the first run: valid iff sha1(name bytes) / 2^32 < valid_fraction
+    for i in added["train"] + added["valid"]:
+        h = int(hashlib.sha1(os.fsencode(i)).hexdigest()[:8], 16) / 2**32
+        assert (i in added["valid"]) == (h < 0.3), i
+    # nothing new: nothing changes
+    before = {s: (out / f"vggsound_{s}.txt").read_bytes() for s in ("train", "valid")}
+    assert preprocess.update_split_lists(out, 0.3) == (counts, {"train": [], "valid": []})
+    assert before == {s: (out / f"vggsound_{s}.txt").read_bytes() for s in ("train", "valid")}
+    # the non-UTF-8 id is written as its bytes and reads back to the same file
+    raw = b"".join((out / f"vggsound_{s}.txt").read_bytes() for s in ("train", "valid"))
+    assert b"caf\xff\n" in raw
+    from data_pipelines import spec_folders
+
+    split = "train" if odd in now["train"] else "valid"
+    src = spec_folders.open_spec_source(out, split, "vggsound")
+    i = src.ids.index(odd)
+    assert src[i]["mel"].shape == (80, 860)
+    assert "ids_sha1=" in repr(src)  # the digest hashes the raw bytes
+
+
+def test_preprocess_cli_reports_added_clips(media_dir, tmp_path):
+    """`launch/preprocess.py` on a grown folder (and a non-UTF-8 --out) prints what it added."""
+    import subprocess
+    import sys
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    tone = (media_dir / "tone.mp4").read_bytes()
+    (videos / "a.mp4").write_bytes(tone)
+    (videos / "b.mp4").write_bytes(tone)
+    out = os.fsencode(tmp_path) + b"/out\xff"
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "launch" / "preprocess.py"), "--mode=fast"]
+    cmd += [b"--videos=" + os.fsencode(videos), b"--out=" + out, "--valid_fraction=0.5"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = lambda: subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    first = run()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "out\\xff" in first.stdout and "(2 new)" in first.stdout
+    (videos / "c.mp4").write_bytes(tone)
+    again = run()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 done, 2 already done" in again.stdout and "(1 new)" in again.stdout
+    assert "added to vggsound_" in again.stdout and ": c\n" in again.stdout
 
 
 @pytest.mark.parametrize("mode", ["official", "fast"])

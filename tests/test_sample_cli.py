@@ -24,6 +24,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from avjax.errors import UserError
 from avjax.train import loop
 from avjax.train.checkpoint import save_imported
 from avjax.train.tasks import make_task
@@ -167,7 +168,7 @@ def test_evaluate_cli(runs, vas_samples):
     from avjax.train.tasks.classifier import ClassifierTask
     from launch.evaluators import specvqgan
 
-    with pytest.raises(SystemExit, match="--melception is required"):
+    with pytest.raises(UserError, match="--melception is required"):
         specvqgan.load_scorer(None)
     mc = melception_vggsound.get_config("tiny")
     mc.model.num_classes = 8  # VAS

@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from avjax.errors import UserError
 from avjax.metrics import image_quality as iq
 from avjax.train.tasks.sound2sight import Sound2SightTask, frames01
 
@@ -48,11 +49,11 @@ def restore_generator(workdir: pathlib.Path) -> tuple[dict, int]:
     """Host `params` and `batch_stats` of the latest checkpoint of a Sound2Sight run."""
     directory = workdir.absolute() / "checkpoints"
     if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoints/ folder in {workdir}: is it an avjax run?")
+        raise UserError(f"--workdir: no checkpoints/ folder in {workdir}: is it an avjax run?")
     with ocp.CheckpointManager(directory) as manager:
         step = manager.latest_step()
         if step is None:
-            raise FileNotFoundError(f"no checkpoint steps in {directory}")
+            raise UserError(f"--workdir: no checkpoint steps in {directory}")
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     state = restored["state"]
     return {"params": state["params"], "batch_stats": state["batch_stats"]}, int(step)
@@ -137,6 +138,12 @@ def run(config, workdir, FLAGS) -> pathlib.Path:
             frames_out[-1],
             report,
         )
+    try:  # data problems stop here, before the checkpoint is read or anything compiles
+        inputs = make_inputs(config)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--split={FLAGS.split}: {err}") from None
+    if inputs.eval_iter_fn is None:
+        raise UserError(f"--split={FLAGS.split!r}: no such split to evaluate")
     task = Sound2SightTask.from_config(config)
     variables, step = restore_generator(workdir)
     variables = jax.tree.map(
@@ -145,9 +152,6 @@ def run(config, workdir, FLAGS) -> pathlib.Path:
     )
     with_iou = bool(e.get("block_iou", False))
     metrics_fn = make_batch_metrics(task, num_samples, e.sample_chunk, with_iou)
-    inputs = make_inputs(config)
-    if inputs.eval_iter_fn is None:
-        raise ValueError("config.data.eval_split is empty: nothing to evaluate")
 
     sums: dict = {}
     iou_sum: dict = {}
@@ -182,7 +186,7 @@ def run(config, workdir, FLAGS) -> pathlib.Path:
         num_clips += int(mask.sum())
         logging.info("evaluated %d clips", num_clips)
     if num_clips == 0:
-        raise ValueError(f"split {FLAGS.split!r} gave no clips to evaluate")
+        raise UserError(f"--split={FLAGS.split!r} gave no clips to evaluate")
 
     curves = {
         mode: {k: [float(x) for x in v / num_clips] for k, v in vals.items()}

@@ -29,6 +29,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from avjax.errors import UserError
+
 MEL_STATS_FILE = "train_means_stds_melspec_10s_22050hz.txt"
 
 
@@ -36,8 +38,8 @@ def load_scorer(path: str | None, batch_size: int = 64):
     from avjax.metrics.melception_scorer import MelceptionScorer
 
     if not path:
-        raise SystemExit(
-            "error: --melception is required: FID and MKL are computed on a trained Melception "
+        raise UserError(
+            "--melception is required: FID and MKL are computed on a trained Melception "
             "(a random one makes them meaningless). Pass an avjax melception run (python "
             "launch/train.py --config configs/melception_vggsound.py) or the official "
             f"melception-21-05-10T09-28-40.pt with {MEL_STATS_FILE} in the same folder"
@@ -47,15 +49,15 @@ def load_scorer(path: str | None, batch_size: int = 64):
     if p.is_file():
         stats = p.parent / MEL_STATS_FILE
         if not stats.is_file():
-            raise SystemExit(
-                f"error: {p} is an official Melception checkpoint; put the official "
+            raise UserError(
+                f"--melception: {p} is an official Melception checkpoint; put the official "
                 f"{MEL_STATS_FILE} (specvqgan/modules/losses/vggishish/data/) next to it: "
                 f"{stats} not found"
             )
     try:
         return MelceptionScorer.from_path(p, mel_stats=stats, batch_size=batch_size)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: --melception: {e}") from None
+        raise UserError(f"--melception: {e}") from None
 
 
 def _clips(config, split: str, max_clips: int | None):
@@ -144,14 +146,21 @@ def run(config, workdir, FLAGS) -> pathlib.Path:
     split = FLAGS.split
     num_samples = FLAGS.num_samples or 10
     batch = FLAGS.batch_size or 8
+    if not FLAGS.melception:
+        load_scorer(None)  # the missing-flag error, before reading anything
+    try:
+        src, n, spec, paths, data_dir = _clips(config, split, FLAGS.max_clips)
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    for i in tqdm(range(n), desc="checking spectrograms", unit="clip", leave=False):
+        src[i]  # a bad *_mel.npy stops here, naming the file, before any sampling
     # One Melception call per batch: its reals and fakes together, one compiled shape.
     scorer = load_scorer(FLAGS.melception, batch_size=batch * (num_samples + 1))
     names = ("2048", "logits", "logits_unbiased")
     try:
-        src, n, spec, paths, data_dir = _clips(config, split, FLAGS.max_clips)
+        v2s = Video2Sound.from_workdir(workdir)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    v2s = Video2Sound.from_workdir(workdir)
+        raise UserError(f"--workdir: {e}") from None
     s = config.get("sampling", {})
     kw = dict(
         temperature=s.get("temperature", 1.0), top_k=s.get("top_k", 0), top_p=s.get("top_p", 1.0)
@@ -185,8 +194,8 @@ def run(config, workdir, FLAGS) -> pathlib.Path:
         )
         mels = np.asarray(v2s.decode(np.asarray(codes)[: len(idx) * num_samples]))
         if mels.shape[-1] < 848:
-            raise SystemExit(
-                f"error: the run's codebook decodes {mels.shape[-1]} mel frames; Melception "
+            raise UserError(
+                f"the run's codebook decodes {mels.shape[-1]} mel frames; Melception "
                 "scores 10-s spectrograms (848 frames): evaluate a codebook trained on 80x848"
             )
         got = scorer.features(np.concatenate([reals, mels[..., :848]]), names)
