@@ -30,6 +30,17 @@ def _flat_tensors(obj: Mapping, path: pathlib.Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _numpy_file(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """An `.npz` state dict; an `.npy` (one array, no keys) is refused after a safe read."""
+    if path.suffix == ".npy":
+        io_safety.load_npy(path)  # names the file for object arrays and bad files
+        raise UserError(
+            f"{path}: a single numpy array, not a state dict; save the {{key: array}} dict "
+            "with np.savez (.npz)"
+        )
+    return io_safety.load_npz(path)
+
+
 def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """Loads a `.pt`/`.pth`/`.ckpt` state dict (or an `.npz` of one) as {key: numpy array}.
 
@@ -41,8 +52,8 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
       UserError: missing or unreadable file, a refused global, or no state dict inside.
     """
     path = pathlib.Path(path)
-    if path.suffix == ".npz":
-        return io_safety.load_npz(path)
+    if path.suffix in (".npz", ".npy"):
+        return _numpy_file(path)
     obj = torch_pickle.load(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -70,8 +81,8 @@ def load_module_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
       UserError: missing or unreadable file, a refused global, or no modules inside.
     """
     path = pathlib.Path(path)
-    if path.suffix == ".npz":
-        return io_safety.load_npz(path)
+    if path.suffix in (".npz", ".npy"):
+        return _numpy_file(path)
     obj = torch_pickle.load(path)
     if not isinstance(obj, Mapping):
         raise UserError(f"{path}: expected a dict of modules, got {type(obj).__name__}")

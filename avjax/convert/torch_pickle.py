@@ -34,6 +34,7 @@ per storage an int64 element count and its raw bytes).
 
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import io
 import os
@@ -252,7 +253,7 @@ def _materialize(storage, offset, size, stride, name) -> np.ndarray:
     view = np.lib.stride_tricks.as_strided(
         base, shape=size, strides=[s * item for s in stride], writeable=False
     )
-    return np.array(view, copy=True)
+    return np.array(view, order="C")  # a C-contiguous copy, whatever the strides
 
 
 # --- the unpickler ------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def _allowed(name: str, tensors: list) -> dict[str, Any]:
         return tuple(int(d) for d in dims)
 
     def reconstructor(cls, base, state=None):  # copyreg._reconstructor (protocols 0, 1)
-        if not (isinstance(cls, type) and issubclass(cls, Placeholder)) or base is not object:
+        if not (isinstance(cls, type) and issubclass(cls, Placeholder)) or base is not _OBJECT:
             raise UserError(f"{name}: refused object reconstruction of {cls!r}")
         return cls.__new__(cls)
 
@@ -340,6 +341,7 @@ def _allowed(name: str, tensors: list) -> dict[str, Any]:
         "copyreg.__newobj__": newobj,
         "numpy.dtype": np.dtype,
         "numpy.ndarray": _NDARRAY,  # only an argument of _reconstruct, never called
+        "builtins.object": _OBJECT,  # only an argument of copyreg._reconstructor
     }
     for mod in ("numpy.core", "numpy._core"):
         fixed[f"{mod}.multiarray.scalar"] = scalar
@@ -362,6 +364,7 @@ def _allowed(name: str, tensors: list) -> dict[str, Any]:
 
 
 _NDARRAY = object()  # stands for `numpy.ndarray` as _reconstruct's first argument
+_OBJECT = object()  # stands for `builtins.object` as copyreg._reconstructor's base
 
 
 def _from_bytes(raw: bytes, dtype, numel: int, big: bool) -> np.ndarray:
@@ -394,7 +397,9 @@ class _Unpickler(pickle.Unpickler):
         self._persistent = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
-        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
+        # Protocol <= 2 files name Python 2 modules (`__builtin__`, `copy_reg`, `commands`).
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualified = f"{module}.{name}"
         if qualified in self._fixed:
             return self._fixed[qualified]
