@@ -117,11 +117,15 @@ def kind_of(sd: dict) -> str | None:
     return None
 
 
+def from_transformer(sd: dict) -> bool:
+    """A transformer checkpoint, whose codebook is under `first_stage_model.`."""
+    has_codebook = any(k.startswith("quantize.") for k in sd)
+    return not has_codebook and any(k.startswith(FIRST_STAGE) for k in sd)
+
+
 def convert_codebook(sd: dict, config, source: str) -> tuple:
     """Codebook (+ discriminator, + LPAPS when present) of a VQModel state dict."""
-    if not any(k.startswith("quantize.") for k in sd) and any(
-        k.startswith(FIRST_STAGE) for k in sd
-    ):
+    if from_transformer(sd):
         sd = {k[len(FIRST_STAGE) :]: v for k, v in sd.items() if k.startswith(FIRST_STAGE)}
         source = f"{source} (its {FIRST_STAGE}*)"
     if config is None:
@@ -210,6 +214,7 @@ def convert(sd: dict):
 
 def main(argv):
     del argv
+    common.setup_jax()  # also quiets Orbax's per-checkpoint INFO lines
     sd = load(FLAGS.torch)
     found = kind_of(sd)
     if found not in (None, FLAGS.kind) and not (
@@ -231,8 +236,11 @@ def main(argv):
             f"{FLAGS.torch} does not fit --kind {FLAGS.kind} with this config: "
             f"{text[:600]}{'...' if len(text) > 600 else ''}"
         ) from e
+    what = FLAGS.kind
+    if what == "codebook" and from_transformer(sd):
+        what = f"codebook from {FIRST_STAGE}*"
     out = save_imported(FLAGS.out, config.to_json(indent=2), state)
-    print(f"wrote {out} ({FLAGS.kind}, {count(state):,} values)")
+    print(f"wrote {out} ({what}, {count(state):,} values)")
 
 
 if __name__ == "__main__":

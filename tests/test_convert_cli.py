@@ -210,7 +210,7 @@ def test_codebook_out_of_a_transformer_ckpt(transformer_ckpt, tmp_path):
     path, _, codebook = transformer_ckpt
     out = tmp_path / "codebook"
     stdout = run_convert_cli("codebook", path, out, "specvqgan_vggsound.py:tiny")
-    assert stdout.startswith(f"wrote {out} (codebook, ")
+    assert stdout.startswith(f"wrote {out} (codebook from first_stage_model.*, ")
     m = specvqgan_vggsound.get_config("tiny").model
     got = restore_params(out)
     assert_trees_equal(vqgan_from_torch(codebook, model_from_config(m))["ae"], got["ae"])
