@@ -357,3 +357,24 @@ def test_matches_torch_save_when_torch_is_installed(tmp_path):
         torch.save({"net": conv, "opt": argparse.Namespace(lr=1)}, path)
         flat = torch_io.load_module_checkpoint(path)
         assert sorted(flat) == sorted(f"net.{k}" for k in conv.state_dict())
+
+
+def test_a_lightning_state_dict_is_read_without_the_optimizer_storages(tmp_path):
+    """Only the selected part's storages are read from a zip: a damaged optimizer moment
+    does not stop `load_state_dict`, while reading everything reports it."""
+    sd = {"w": np.ones((2, 2), np.float32)}
+    with torchfiles.fake_globals(*CALLBACKS) as cls:
+        torchfiles.save_zip(_lightning_ckpt(cls, sd), tmp_path / "full.ckpt")
+    moment = None
+    with zipfile.ZipFile(tmp_path / "full.ckpt") as src:
+        raw = src.read("archive/data.pkl")
+        for n in src.namelist():
+            if "/data/" in n and len(src.read(n)) == 12:  # exp_avg: 3 float32
+                moment = n
+        with zipfile.ZipFile(tmp_path / "cut.ckpt", "w") as dst:
+            for n in src.namelist():
+                dst.writestr(n, src.read(n)[:4] if n == moment else src.read(n))
+    assert moment is not None and raw
+    np.testing.assert_array_equal(torch_io.load_state_dict(tmp_path / "cut.ckpt")["w"], sd["w"])
+    with pytest.raises(UserError, match=rf"cut\.ckpt: storage {moment} holds 4 bytes"):
+        torch_pickle.load(tmp_path / "cut.ckpt")

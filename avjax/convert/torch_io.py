@@ -41,12 +41,21 @@ def _numpy_file(path: pathlib.Path) -> dict[str, np.ndarray]:
     return io_safety.load_npz(path)
 
 
+def _state_dict_part(obj):
+    """The state dict inside a Lightning (`state_dict`) or `{"model": ...}` checkpoint."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            return obj[key]
+    return obj
+
+
 def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """Loads a `.pt`/`.pth`/`.ckpt` state dict (or an `.npz` of one) as {key: numpy array}.
 
     Lightning checkpoints (`checkpoint['state_dict']`, whatever their `callbacks`,
     `optimizer_states` and `hyper_parameters` hold) and `{"model": ..., "metrics": ...}`
-    files (`vggishish16.pt`, `melception-*.pt`) are unwrapped; only the tensors are kept.
+    files (`vggishish16.pt`, `melception-*.pt`) are unwrapped; only the tensors are kept,
+    and only the state dict's storages are read from a zip file (not the optimizer's).
 
     Raises:
       UserError: missing or unreadable file, a refused global, or no state dict inside.
@@ -54,11 +63,7 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     path = pathlib.Path(path)
     if path.suffix in (".npz", ".npy"):
         return _numpy_file(path)
-    obj = torch_pickle.load(path)
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
+    obj = torch_pickle.load(path, select=_state_dict_part)
     if torch_pickle.is_module(obj):  # a whole pickled module
         return torch_pickle.module_state_dict(obj)
     if not isinstance(obj, Mapping):

@@ -9,22 +9,25 @@ hostile file is refused before anything of it runs:
   `torch._tensor._rebuild_from_type_v2`, the storage classes (`torch.FloatStorage`, ...,
   `torch.UntypedStorage`) and dtypes (`torch.float32`, ...): rebuilt as numpy arrays from
   the file's raw storage bytes;
-* containers: `collections.OrderedDict`, `builtins.set` / `frozenset`, `torch.Size`;
+* containers: `collections.OrderedDict`, `builtins.set` / `frozenset` / `dict` / `list` /
+  `tuple`, `torch.Size`;
 * numpy scalars and arrays (`numpy.core.multiarray.scalar`, `_reconstruct`, `numpy.dtype`;
   the `metrics` of `vggishish16.pt` hold float64 scalars), numeric dtypes only;
 * inert placeholders, never called with effect: `torch.nn.*` (module classes and
   `torch.nn.functional` functions), the official repositories' classes (`models.*` of
-  Sound2Sight; `specvqgan.*`, `taming.*`, `feature_extraction.*`, `train.*` of SpecVQGAN),
-  `pytorch_lightning.*` (the callbacks that key `checkpoint['callbacks']`), `omegaconf.*`,
+  Sound2Sight; `specvqgan.*`, `taming.*` of SpecVQGAN, should a file name them),
+  `pytorch_lightning.*` (the callbacks that key `checkpoint['callbacks']`), `omegaconf.*` and
+  `typing.*` (hyper-parameters),
   `argparse.Namespace` (Sound2Sight's `opt`), `torch.Tensor`, `torch.device`. A
   placeholder ignores its constructor arguments and only records its pickled state, so a
   pickled `nn.Module` keeps its `_parameters` / `_buffers` / `_modules` dicts, which
   `module_state_dict` flattens like `Module.state_dict()`.
 
-Any other global is refused with a `UserError` naming the file and the global. Object
-reduction (`copyreg._reconstructor`, `copyreg.__newobj__`, the NEWOBJ opcode) is allowed
-for placeholder classes only. The allowed callables are created per load, so nothing a
-file does to them outlives it.
+Any other global is refused with a `UserError` naming the file and the global, before
+anything from the file is called. The NEWOBJ opcode can only instantiate classes of this
+list; `copyreg._reconstructor` / `copyreg.__newobj__` (protocols 0 and 1) only
+placeholders. The reader's own callables and placeholder classes are created per load,
+so nothing a file does to them outlives it.
 
 Formats (torch/serialization.py of the PyTorch repository): the zip archive of torch >= 1.6
 (`<name>/data.pkl` with storages `<name>/data/<key>`, `<name>/byteorder`) and the legacy
@@ -42,6 +45,7 @@ import pathlib
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -84,12 +88,11 @@ PLACEHOLDER_PREFIXES = (
     "models.",  # Sound2Sight: models.lstm, models.transformers, models.dcgan_48, ...
     "specvqgan.",
     "taming.",
-    "feature_extraction.",
-    "train.",  # SpecVQGAN's train.py (vocoder / classifier scripts pickle nothing else)
     "pytorch_lightning.",
     "lightning.",
     "lightning_fabric.",
-    "omegaconf.",
+    "omegaconf.",  # Lightning `hyper_parameters` saved from an OmegaConf config
+    "typing.",  # the type annotations OmegaConf's metadata pickles (`typing.Any`)
 )
 PLACEHOLDER_GLOBALS = {
     "argparse.Namespace",
@@ -190,16 +193,28 @@ def _as_array(x, key) -> np.ndarray:
 
 
 class _Storage:
-    """One storage of the file: its dtype, element count and (once read) its numpy data."""
+    """One storage of the file: dtype, element count and its numpy data, read on first use.
 
-    def __init__(self, dtype, numel, data=None):
+    `read` (zip files) reads the bytes when a tensor over the storage is materialized, so
+    storages nobody asks for (a Lightning file's optimizer moments) are never read; a
+    legacy file's storages are assigned after its main pickle.
+    """
+
+    def __init__(self, dtype, numel, read=None):
         self.dtype = np.dtype(dtype)
         self.numel = numel
-        self.data = data  # 1-D numpy array, or None until a legacy file's tail is read
+        self._read = read
+        self._data = None
 
-    def view(self, offset, size):
-        v = _StorageView(self, offset, size)
-        return v
+    @property
+    def data(self):
+        if self._data is None and self._read is not None:
+            self._data = self._read()
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value
 
 
 class _StorageView:
@@ -216,13 +231,13 @@ class _StorageView:
 
 
 class _LazyTensor:
-    """A tensor whose storage bytes come later in a legacy file."""
+    """A tensor as the pickle describes it; `_resolve` turns it into a numpy array."""
 
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
-def _tensor(storage, offset, size, stride, name) -> np.ndarray | _LazyTensor:
+def _tensor(storage, offset, size, stride, name) -> _LazyTensor:
     if not isinstance(storage, _Storage | _StorageView):
         raise UserError(f"{name}: a tensor without a storage of this file")
     try:
@@ -231,13 +246,13 @@ def _tensor(storage, offset, size, stride, name) -> np.ndarray | _LazyTensor:
         offset = int(offset)
     except (TypeError, ValueError):
         raise UserError(f"{name}: malformed tensor size/stride") from None
-    if storage.data is None:
-        return _LazyTensor(storage, offset, size, stride)
-    return _materialize(storage, offset, size, stride, name)
+    return _LazyTensor(storage, offset, size, stride)
 
 
 def _materialize(storage, offset, size, stride, name) -> np.ndarray:
     data = storage.data
+    if data is None:
+        raise UserError(f"{name}: a tensor's storage is missing from the file")
     if len(size) != len(stride) or min((*size, *stride, offset, 0)) < 0:
         raise UserError(f"{name}: malformed tensor (size {size}, stride {stride})")
     if 0 in size:
@@ -259,21 +274,18 @@ def _materialize(storage, offset, size, stride, name) -> np.ndarray:
 # --- the unpickler ------------------------------------------------------------------------
 
 
-def _allowed(name: str, tensors: list) -> dict[str, Any]:
+def _allowed(name: str) -> tuple[dict[str, Any], Callable[[str], type]]:
     """Fresh allowed callables for one load (see the module docstring)."""
     placeholders: dict[str, type] = {}
 
     def rebuild_tensor(storage, storage_offset, size, stride, *rest):
-        t = _tensor(storage, storage_offset, size, stride, name)
-        if isinstance(t, _LazyTensor):
-            tensors.append(t)
-        return t
+        return _tensor(storage, storage_offset, size, stride, name)
 
     def rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype, *m):
         return rebuild_tensor(storage, storage_offset, size, stride)
 
     def rebuild_parameter(data, *rest):
-        if not isinstance(data, np.ndarray | _LazyTensor):
+        if not isinstance(data, _LazyTensor):
             raise UserError(f"{name}: a parameter without tensor data")
         return data
 
@@ -334,6 +346,9 @@ def _allowed(name: str, tensors: list) -> dict[str, Any]:
         "torch.Size": torch_size,
         "collections.OrderedDict": OrderedDict,
         "builtins.set": set,
+        "builtins.dict": dict,
+        "builtins.list": list,
+        "builtins.tuple": tuple,
         "builtins.frozenset": frozenset,
         "builtins.bytes": empty_bytes,
         "_codecs.encode": encode,
@@ -390,10 +405,10 @@ class _TorchDtype:
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, name, persistent_load: Callable, tensors: list):
+    def __init__(self, file, name, persistent_load: Callable):
         super().__init__(file)
         self._name = name
-        self._fixed, self._placeholder = _allowed(name, tensors)
+        self._fixed, self._placeholder = _allowed(name)
         self._persistent = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
@@ -429,7 +444,7 @@ def _storage_from_pid(pid, name) -> tuple[str, np.dtype, int, Any]:
     return str(key), dtype, numel, (pid[5] if len(pid) > 5 else None)
 
 
-def _load_zip(path: pathlib.Path, zf: zipfile.ZipFile) -> Any:
+def _load_zip(path: pathlib.Path, zf: zipfile.ZipFile, select: Callable) -> Any:
     names = zf.namelist()
     pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pkl) != 1:
@@ -438,35 +453,40 @@ def _load_zip(path: pathlib.Path, zf: zipfile.ZipFile) -> Any:
     big = f"{root}byteorder" in names and zf.read(f"{root}byteorder").strip() == b"big"
     storages: dict[str, _Storage] = {}
 
-    def persistent_load(pid, unpickler):
-        key, dtype, numel, _ = _storage_from_pid(pid, path)
-        if key not in storages:
-            member = f"{root}data/{key}"
+    def reader(member, dtype, numel):
+        def read():
             try:
                 raw = zf.read(member)
             except KeyError:
-                raise UserError(
-                    f"{path}: storage {member} is missing; the file is incomplete"
-                ) from None
+                msg = f"{path}: storage {member} is missing; the file is incomplete"
+                raise UserError(msg) from None
             itemsize = np.dtype(dtype).itemsize
-            if len(raw) % itemsize or len(raw) // itemsize < numel:
+            if len(raw) < numel * itemsize:
                 raise UserError(
                     f"{path}: storage {member} holds {len(raw)} bytes, expected {numel} x "
                     f"{itemsize}; the file is truncated or corrupt"
                 )
-            storages[key] = _Storage(dtype, numel, _from_bytes(raw, dtype, numel, big))
+            return _from_bytes(raw, dtype, numel, big)
+
+        return read
+
+    def persistent_load(pid, unpickler):
+        key, dtype, numel, _ = _storage_from_pid(pid, path)
+        if key not in storages:
+            storages[key] = _Storage(dtype, numel, reader(f"{root}data/{key}", dtype, numel))
         st = storages[key]
         if st.dtype != np.dtype(dtype):  # one storage read as another dtype (rare)
-            return _Storage(dtype, numel, st.data.view(dtype))
+            return _Storage(dtype, numel, lambda: st.data.view(dtype)[:numel])
         return st
 
-    return _resolve(_unpickle(path, io.BytesIO(zf.read(pkl[0])), persistent_load, []), {}, path)
+    obj = _unpickle(path, io.BytesIO(zf.read(pkl[0])), persistent_load)
+    return _resolve(select(obj), {}, path)  # reads only the storages `select` keeps
 
 
-def _load_legacy(path: pathlib.Path, f) -> Any:
+def _load_legacy(path: pathlib.Path, f, select: Callable) -> Any:
     def plain(what):
         try:
-            return _Unpickler(f, path, _refuse_pid, []).load()
+            return _Unpickler(f, path, _refuse_pid).load()
         except UserError:
             raise
         except Exception as e:
@@ -484,7 +504,6 @@ def _load_legacy(path: pathlib.Path, f) -> Any:
 
     roots: dict[str, _Storage] = {}
     views: dict[str, _StorageView] = {}
-    tensors: list[_LazyTensor] = []
 
     def persistent_load(pid, unpickler):
         if isinstance(pid, tuple) and pid and pid[0] == "module":
@@ -503,7 +522,7 @@ def _load_legacy(path: pathlib.Path, f) -> Any:
             views[view_key] = _StorageView(root, int(offset), int(size))
         return views[view_key]
 
-    result = _unpickle(path, f, persistent_load, tensors)
+    result = _unpickle(path, f, persistent_load)
     keys = plain("storage keys")
     if not isinstance(keys, list):
         raise UserError(f"{path}: malformed storage key list")
@@ -520,22 +539,20 @@ def _load_legacy(path: pathlib.Path, f) -> Any:
         if count < 0 or len(raw) != nbytes:
             raise UserError(f"{path}: truncated in storage {key} ({len(raw)} of {nbytes} bytes)")
         st.data = _from_bytes(raw, st.dtype, count, not little)
-    lazy = {}
-    for t in tensors:
-        if t.storage.data is None:
-            raise UserError(f"{path}: a tensor's storage is missing from the file")
-        lazy[id(t)] = _materialize(t.storage, t.offset, t.size, t.stride, path)
-    return _resolve(result, lazy, path)
+    return _resolve(select(result), {}, path)
 
 
-def _resolve(obj, lazy: dict[int, np.ndarray], path, seen=None):
-    """Replaces every `_LazyTensor` in `obj` (dicts, lists, tuples, placeholders) in place.
+def _resolve(obj, done: dict[int, np.ndarray], path, seen=None):
+    """Replaces every `_LazyTensor` in `obj` (dicts, lists, tuples, placeholders) in place
+    by its numpy array (`done` keeps one array per tensor object).
 
     Also refuses numpy arrays of Python objects (numeric data only).
     """
     seen = set() if seen is None else seen
     if isinstance(obj, _LazyTensor):
-        return lazy[id(obj)]
+        if id(obj) not in done:
+            done[id(obj)] = _materialize(obj.storage, obj.offset, obj.size, obj.stride, path)
+        return done[id(obj)]
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
         raise UserError(f"{path}: a numpy array of Python objects; only numeric arrays are read")
     if id(obj) in seen:
@@ -543,16 +560,16 @@ def _resolve(obj, lazy: dict[int, np.ndarray], path, seen=None):
     if isinstance(obj, dict):
         seen.add(id(obj))
         for k, v in obj.items():
-            obj[k] = _resolve(v, lazy, path, seen)
+            obj[k] = _resolve(v, done, path, seen)
     elif isinstance(obj, list):
         seen.add(id(obj))
-        obj[:] = [_resolve(v, lazy, path, seen) for v in obj]
+        obj[:] = [_resolve(v, done, path, seen) for v in obj]
     elif isinstance(obj, tuple):
-        return tuple(_resolve(v, lazy, path, seen) for v in obj)
+        return tuple(_resolve(v, done, path, seen) for v in obj)
     elif isinstance(obj, Placeholder):
         seen.add(id(obj))
-        obj.__dict__["state"] = _resolve(obj.__dict__.get("state"), lazy, path, seen)
-        obj.__dict__["args"] = _resolve(obj.__dict__.get("args"), lazy, path, seen)
+        obj.__dict__["state"] = _resolve(obj.__dict__.get("state"), done, path, seen)
+        obj.__dict__["args"] = _resolve(obj.__dict__.get("args"), done, path, seen)
     return obj
 
 
@@ -560,9 +577,9 @@ def _refuse_pid(pid, unpickler):
     raise UserError(f"{unpickler._name}: refused persistent id {pid!r}")
 
 
-def _unpickle(path, f, persistent_load, tensors) -> Any:
+def _unpickle(path, f, persistent_load) -> Any:
     try:
-        return _Unpickler(f, path, persistent_load, tensors).load()
+        return _Unpickler(f, path, persistent_load).load()
     except UserError:
         raise
     except RecursionError:
@@ -573,26 +590,30 @@ def _unpickle(path, f, persistent_load, tensors) -> Any:
         ) from None
 
 
-def load(path: str | os.PathLike) -> Any:
+def load(path: str | os.PathLike, select: Callable[[Any], Any] | None = None) -> Any:
     """Reads a `torch.save` file (zip or legacy) without torch and without running its code.
 
     Args:
       path: e.g. `vggishish16.pt`, a Lightning `.ckpt`, Sound2Sight's `model.pth`.
+      select: picks the part of the unpickled object to return (e.g. a Lightning file's
+        `state_dict`), before any tensor is read: tensors outside it are never read from a
+        zip file. Default: everything.
     Returns:
-      The pickled object with tensors as numpy arrays, allowed numpy scalars as numpy
+      The (selected) object with tensors as numpy arrays, allowed numpy scalars as numpy
       scalars and every other class as a `Placeholder` holding its pickled state.
     Raises:
       UserError: the file is missing, truncated, not a checkpoint, or names a global
         outside the allow-list (the message names the file and the global).
     """
     path = pathlib.Path(path)
+    select = select or (lambda obj: obj)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
-                return _load_zip(path, zf)
-        except (zipfile.BadZipFile, EOFError, OSError) as e:
-            raise UserError(f"{path}: a damaged zip archive ({e})") from None
+                return _load_zip(path, zf, select)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise UserError(f"{path}: a damaged zip archive ({type(e).__name__}: {e})") from None
     with open(path, "rb") as f:
-        return _load_legacy(path, f)
+        return _load_legacy(path, f, select)
