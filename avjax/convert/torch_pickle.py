@@ -609,11 +609,15 @@ def load(path: str | os.PathLike, select: Callable[[Any], Any] | None = None) ->
     select = select or (lambda obj: obj)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                return _load_zip(path, zf, select)
-        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-            raise UserError(f"{path}: a damaged zip archive ({type(e).__name__}: {e})") from None
-    with open(path, "rb") as f:
-        return _load_legacy(path, f, select)
+    try:
+        if zipfile.is_zipfile(path):
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    return _load_zip(path, zf, select)
+            except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+                msg = f"{path}: a damaged zip archive ({type(e).__name__}: {e})"
+                raise UserError(msg) from None
+        with open(path, "rb") as f:
+            return _load_legacy(path, f, select)
+    except RecursionError:
+        raise UserError(f"{path}: objects nested too deeply for a checkpoint") from None
