@@ -1,8 +1,8 @@
 """Torch -> Flax import of official Sound2Sight checkpoints, checked on outputs.
 
-The state dicts are built in the official key layout from the module definitions
-(spec 1.3-1.6, 3 and the 1.12 inventory: `dcgan_48.py` / `drums_dcgan_64.py` encoder,
-decoder and `encoder_audio_stft`, `lstm`, `gaussian_lstm`, `transformer`), independently
+The state dicts are built in the official key layout from the module definitions of the
+official `models/` (`dcgan_48.py` / `drums_dcgan_64.py` encoder, decoder and
+`encoder_audio_stft`, `lstm`, `gaussian_lstm`, `transformer`), independently
 of the converter. The references are NCHW numpy versions of PyTorch's semantics: Conv2d
 cross-correlation, ConvTranspose2d out[s*i + t - p] += x[i] w[t], eval BatchNorm2d,
 LSTMCell with gates i, f, g, o and state (h, c), and a post-LN TransformerEncoderLayer
@@ -29,7 +29,7 @@ from avjax.train.tasks.sound2sight import Sound2SightTask
 from configs import sound2sight_drums, sound2sight_m3so_nb
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "pe")
-# spec 1.12: parameters per official module of one M3SO-NB model.
+# Parameters per official module of one M3SO-NB model (counted on the official models/).
 SPEC_PARAMS = {
     "encoder": 1_837_760,
     "decoder": 2_493_761,
