@@ -534,9 +534,11 @@ def _load_legacy(path: pathlib.Path, f, select: Callable) -> Any:
         if len(head) != 8:
             raise UserError(f"{path}: truncated before storage {key}")
         (count,) = struct.unpack("<q" if little else ">q", head)
+        if count < 0:
+            raise UserError(f"{path}: malformed size {count} of storage {key}")
         nbytes = count * st.dtype.itemsize
         raw = f.read(nbytes)
-        if count < 0 or len(raw) != nbytes:
+        if len(raw) != nbytes:
             raise UserError(f"{path}: truncated in storage {key} ({len(raw)} of {nbytes} bytes)")
         st.data = _from_bytes(raw, st.dtype, count, not little)
     return _resolve(select(result), {}, path)
