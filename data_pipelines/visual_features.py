@@ -41,10 +41,7 @@ def load_state_dict(weights_path: str | pathlib.Path | None) -> dict[str, np.nda
             f"ResNet-50 weights {path} do not exist (expected a torchvision resnet50 state "
             "dict, .pth/.pt or .npz)"
         )
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    if path.suffix in (".pth", ".pt", ".ckpt"):
+    if path.suffix in (".pth", ".pt", ".ckpt", ".npz"):
         from avjax.convert import torch_io
 
         return torch_io.load_state_dict(path)

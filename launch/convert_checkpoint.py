@@ -1,25 +1,42 @@
 """Imports official SpecVQGAN / Sound2Sight PyTorch weights as an avjax run directory.
 
   python launch/convert_checkpoint.py --kind codebook --torch vggsound_codebook.ckpt --out W
+  python launch/convert_checkpoint.py --kind codebook --torch vggsound_transformer.ckpt --out W
   python launch/convert_checkpoint.py --kind vggishish --torch vggishish16.pt --out W
-  python launch/convert_checkpoint.py --kind transformer --torch vggsound_transformer.ckpt --out W
+  python launch/convert_checkpoint.py --kind transformer --torch vggsound_transformer.ckpt \
+      --out W [--codebook_out W_codebook]
   python launch/convert_checkpoint.py --kind melgan --torch melgan_vggsound.pt --out W
   python launch/convert_checkpoint.py --kind melception --torch melception.pt --out W
-  python launch/convert_checkpoint.py --kind sound2sight --torch model.pth \
-      --official_repo Sound2Sight/ --out W [--config configs/sound2sight_m3so_nb.py]
+  python launch/convert_checkpoint.py --kind sound2sight --torch model.pth --out W \
+      [--config configs/sound2sight_m3so_nb.py]
 
---torch reads `.pt`/`.ckpt` (needs `pip install -e '.[torch]'`) or a numpy `.npz` of the
-same state dict. The codebook architecture defaults to the paper's (VGGSound or VAS, from
-the codebook size); pass --config for another. W then works with `launch/codec.py`
-(codebook) or as `--config.loss.lpaps_backbone=W` (vggishish).
+--torch reads `.pt`/`.pth`/`.ckpt` files (the zip format of torch >= 1.6 and the older
+legacy one) or a numpy `.npz` of the same state dict, with neither PyTorch nor the
+official code installed: the reader (`avjax/convert/torch_pickle.py`) resolves only
+tensor, container, numpy-scalar and model-class names and never runs code from the file;
+anything else is refused with the file and the name it asked for. Lightning `.ckpt` files
+(callbacks, optimizer states and hyper-parameters are ignored) and `{"model": ...,
+"metrics": ...}` files (`vggishish16.pt`, `melception-*.pt`) are unwrapped.
 
-Sound2Sight's `model.pth` pickles whole modules: reading it unpickles classes from the
-official repository's `models/` package, so --official_repo names that checkout (an `.npz`
-of the flat `<module>.<key>` dict needs neither torch nor the repository). The config
-defaults to M3SO-NB; pass the drums / painting one for 64 px checkpoints. W holds a whole
-train state at step 0 (fresh Adam moments: the file has no optimizer state):
-`launch/evaluate.py --workdir W --data_dir D` evaluates it, and `launch/train.py --config C
---workdir W` resumes training from it (the data order starts afresh).
+The codebook architecture defaults to the paper's (VGGSound or VAS, from the codebook
+size); pass --config for another. `--kind codebook` also takes the codebook out of a
+transformer checkpoint (its `first_stage_model.*` keys). `--kind transformer` writes two
+runs: the transformer to W and the codebook it contains to --codebook_out (default
+`W_codebook`, architecture from --codebook_config or the paper's), and W's
+`config.codebook.workdir` names that codebook run. W then works with `launch/codec.py`
+(codebook), `launch/sample.py` / `launch/evaluate.py` (transformer) or as
+`--config.loss.lpaps_backbone=W` (vggishish).
+
+Sound2Sight's `model.pth` pickles whole modules plus `opt`; their classes are read as inert
+placeholders, so the official repository is not needed (`--official_repo` is accepted
+and ignored). The config defaults to M3SO-NB; pass the drums / painting one for 64 px
+checkpoints. W holds a whole train state at step 0 (fresh Adam moments: the file has no
+optimizer state): `launch/evaluate.py --workdir W --data_dir D` evaluates it, and
+`launch/train.py --config C --workdir W` resumes training from it (the data order starts
+afresh).
+
+A missing or unreadable file, a refused global, or a file of another kind ends as one
+`error: ...` line with exit status 1.
 """
 
 import pathlib
@@ -37,6 +54,7 @@ from ml_collections import config_flags
 from avjax.convert import torch_io
 from avjax.convert.specvqgan import vqgan_from_torch
 from avjax.convert.vggishish import lpaps_from_torch, vggishish_from_torch
+from avjax.errors import UserError
 from avjax.train.checkpoint import save_imported
 from avjax.train.tasks import common as task_common
 from avjax.train.tasks.vqgan import model_from_config
@@ -45,10 +63,6 @@ from launch import common
 
 # kind -> (default architecture config, converter `fn(state_dict, config) -> state`).
 CONVERTERS = {
-    "transformer": (
-        "configs.specvqgan_transformer_vggsound",
-        "avjax.convert.gpt:transformer_from_torch",
-    ),
     "melgan": ("configs.melgan_vggsound", "avjax.convert.melgan:melgan_from_torch"),
     "melception": ("configs.melception_vggsound", "avjax.convert.melception:melception_from_torch"),
     "sound2sight": (
@@ -56,37 +70,70 @@ CONVERTERS = {
         "avjax.convert.sound2sight:sound2sight_run_state",
     ),
 }
+KINDS = ["codebook", "vggishish", "transformer", *CONVERTERS]
+FIRST_STAGE = "first_stage_model."
+# Transformer checkpoint keys that carry nothing to convert: the permuters' index buffers
+# and each attention layer's causal-mask buffer (both rebuilt from the config).
+NOT_WEIGHTS = ("first_stage_permuter.", "cond_stage_permuter.")
 
-flags.DEFINE_enum("kind", None, ["codebook", "vggishish", *CONVERTERS], "what the checkpoint holds")
-flags.DEFINE_string("torch", None, "official checkpoint (.pt/.ckpt) or .npz state dict")
+flags.DEFINE_enum("kind", None, KINDS, "what the checkpoint holds")
+flags.DEFINE_string("torch", None, "official checkpoint (.pt/.pth/.ckpt) or .npz state dict")
 flags.DEFINE_string("out", None, "output run directory")
 flags.DEFINE_string(
-    "official_repo", None, "sound2sight: checkout of the official repository (holds models/)"
+    "codebook_out", None, "transformer: where its codebook run goes (default: <out>_codebook)"
+)
+flags.DEFINE_string(
+    "official_repo", None, "no longer needed (model.pth is read without the official code); ignored"
 )
 config_flags.DEFINE_config_file("config", None, "architecture config (default: the paper's)")
+config_flags.DEFINE_config_file(
+    "codebook_config", None, "transformer: the codebook's architecture config (default: paper's)"
+)
 flags.mark_flags_as_required(["kind", "torch", "out"])
 FLAGS = flags.FLAGS
 
 
 def load(path: str) -> dict:
     if FLAGS.kind == "sound2sight":
-        return torch_io.load_module_checkpoint(path, FLAGS.official_repo)
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return torch_io.load_module_checkpoint(path)
     return torch_io.load_state_dict(path)
 
 
-def convert_codebook(sd: dict, config) -> dict:
+def kind_of(sd: dict) -> str | None:
+    """Which kind of official checkpoint the keys look like (None: unknown)."""
+    keys = list(sd)
+    if any(k.startswith("transformer.") or k == "tok_emb.weight" for k in keys):
+        return "transformer"
+    if any(k.endswith("quantize.embedding.weight") for k in keys):
+        return "codebook"
+    if any(k.startswith("Conv2d_1a_3x3.") for k in keys):
+        return "melception"
+    if any(k.startswith("frame_predictor.") for k in keys):
+        return "sound2sight"
+    if any(k.endswith(".weight_g") for k in keys):
+        return "melgan"
+    if any(k.startswith("features.0.") for k in keys) and any("classifier." in k for k in keys):
+        return "vggishish"
+    return None
+
+
+def from_transformer(sd: dict) -> bool:
+    """A transformer checkpoint, whose codebook is under `first_stage_model.`."""
+    has_codebook = any(k.startswith("quantize.") for k in sd)
+    return not has_codebook and any(k.startswith(FIRST_STAGE) for k in sd)
+
+
+def convert_codebook(sd: dict, config, source: str) -> tuple:
+    """Codebook (+ discriminator, + LPAPS when present) of a VQModel state dict."""
+    if from_transformer(sd):
+        sd = {k[len(FIRST_STAGE) :]: v for k, v in sd.items() if k.startswith(FIRST_STAGE)}
+        source = f"{source} (its {FIRST_STAGE}*)"
     if config is None:
-        key = next((k for k in sd if k.endswith("quantize.embedding.weight")), None)
-        if key is None:
-            raise ValueError(
-                f"{FLAGS.torch}: no quantize.embedding.weight; not a codebook checkpoint"
-            )
-        n_embed = sd[key].shape[0]
-        config = (specvqgan_vas if n_embed == 128 else specvqgan_vggsound).get_config()
-        config.model.n_embed = int(n_embed)
+        emb = sd.get("quantize.embedding.weight")
+        if emb is None:
+            raise UserError(f"{source}: no quantize.embedding.weight; not a codebook checkpoint")
+        config = (specvqgan_vas if emb.shape[0] == 128 else specvqgan_vggsound).get_config()
+        config.model.n_embed = int(emb.shape[0])
     out = vqgan_from_torch(sd, model_from_config(config.model))
     state = {"params": {"ae": out["ae"]}}
     if out["disc"] is not None:
@@ -98,25 +145,102 @@ def convert_codebook(sd: dict, config) -> dict:
     return config, state
 
 
-def main(argv):
-    del argv
-    sd = load(FLAGS.torch)
-    if FLAGS.kind == "codebook":
-        config, state = convert_codebook(sd, FLAGS.config)
-    elif FLAGS.kind in CONVERTERS:
-        config_module, fn = CONVERTERS[FLAGS.kind]
+def transformer_config(sd: dict):
+    """The paper's transformer config for this vocabulary (VAS: 128 codes), or --config."""
+    if FLAGS.config is not None:
+        return FLAGS.config
+    emb = sd.get("transformer.tok_emb.weight", sd.get("tok_emb.weight"))
+    vas = emb is not None and emb.shape[0] == 128
+    name = "specvqgan_transformer_vas" if vas else "specvqgan_transformer_vggsound"
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+def convert_transformer(sd: dict) -> None:
+    """Transformer run to --out, its codebook run to --codebook_out; reports both."""
+    from avjax.convert.gpt import transformer_from_torch
+
+    prefixed = any(k.startswith("transformer.") for k in sd)
+    leftover = sorted(
+        k
+        for k in sd
+        if not k.startswith((FIRST_STAGE, *NOT_WEIGHTS))
+        and not k.endswith("attn.mask")
+        and prefixed
+        and not k.startswith("transformer.")
+    )
+    if leftover:
+        more = "..." if len(leftover) > 6 else ""
+        raise UserError(
+            f"{FLAGS.torch}: keys outside transformer.* / {FIRST_STAGE}* that no converter "
+            f"takes ({len(leftover)}): {', '.join(leftover[:6])}{more}"
+        )
+    config = transformer_config(sd)
+    state = transformer_from_torch(sd, config)
+    codebook_dir = None
+    if any(k.startswith(FIRST_STAGE) for k in sd):
+        codebook_dir = pathlib.Path(FLAGS.codebook_out or f"{FLAGS.out.rstrip('/')}_codebook")
+        cb_config, cb_state = convert_codebook(sd, FLAGS.codebook_config, FLAGS.torch)
+        codebook_dir = save_imported(codebook_dir, cb_config.to_json(indent=2), cb_state)
+        print(f"wrote {codebook_dir} (codebook from {FIRST_STAGE}*, {count(cb_state):,} values)")
+        config.codebook.workdir = str(codebook_dir)
+    out = save_imported(FLAGS.out, config.to_json(indent=2), state)
+    if codebook_dir is None:
+        note = f"no {FIRST_STAGE}* keys, so no codebook run: set config.codebook.workdir"
+    else:
+        note = f"config.codebook.workdir = {codebook_dir}"
+    print(f"wrote {out} (transformer, {count(state):,} values; {note})")
+
+
+def count(state) -> int:
+    return sum(np.size(x) for x in jax.tree.leaves(state))
+
+
+def convert(sd: dict):
+    kind = FLAGS.kind
+    if kind == "codebook":
+        return convert_codebook(sd, FLAGS.config, FLAGS.torch)
+    if kind in CONVERTERS:
+        config_module, fn = CONVERTERS[kind]
         config = FLAGS.config or importlib.import_module(config_module).get_config()
         module, name = fn.split(":")
-        state = getattr(importlib.import_module(module), name)(sd, config)
-    else:
-        config = FLAGS.config or vggishish_vggsound.get_config()
-        m = config.model
-        params = vggishish_from_torch(
-            sd, task_common.conv_layers(m.conv_layers), num_classes=m.num_classes, hidden=m.hidden
+        return config, getattr(importlib.import_module(module), name)(sd, config)
+    config = FLAGS.config or vggishish_vggsound.get_config()
+    m = config.model
+    params = vggishish_from_torch(
+        sd, task_common.conv_layers(m.conv_layers), num_classes=m.num_classes, hidden=m.hidden
+    )
+    return config, {"params": params}
+
+
+def main(argv):
+    del argv
+    common.setup_jax()  # also quiets Orbax's per-checkpoint INFO lines
+    sd = load(FLAGS.torch)
+    found = kind_of(sd)
+    if found not in (None, FLAGS.kind) and not (
+        FLAGS.kind == "codebook" and found == "transformer"
+    ):
+        raise UserError(
+            f"{FLAGS.torch} holds a {found} checkpoint, not a {FLAGS.kind} one: pass --kind {found}"
         )
-        state = {"params": params}
+    try:
+        if FLAGS.kind == "transformer":
+            return convert_transformer(sd)
+        config, state = convert(sd)
+    except UserError:
+        raise
+    except ValueError as e:  # the converters' key / shape mismatch reports
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        text = "; ".join(lines)
+        raise UserError(
+            f"{FLAGS.torch} does not fit --kind {FLAGS.kind} with this config: "
+            f"{text[:600]}{'...' if len(text) > 600 else ''}"
+        ) from e
+    what = FLAGS.kind
+    if what == "codebook" and from_transformer(sd):
+        what = f"codebook from {FIRST_STAGE}*"
     out = save_imported(FLAGS.out, config.to_json(indent=2), state)
-    print(f"wrote {out} ({FLAGS.kind}, {sum(np.size(x) for x in jax.tree.leaves(state)):,} values)")
+    print(f"wrote {out} ({what}, {count(state):,} values)")
 
 
 if __name__ == "__main__":

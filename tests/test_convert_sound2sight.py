@@ -1,8 +1,8 @@
 """Torch -> Flax import of official Sound2Sight checkpoints, checked on outputs.
 
-The state dicts are built in the official key layout from the module definitions
-(spec 1.3-1.6, 3 and the 1.12 inventory: `dcgan_48.py` / `drums_dcgan_64.py` encoder,
-decoder and `encoder_audio_stft`, `lstm`, `gaussian_lstm`, `transformer`), independently
+The state dicts are built in the official key layout from the module definitions of the
+official `models/` (`dcgan_48.py` / `drums_dcgan_64.py` encoder, decoder and
+`encoder_audio_stft`, `lstm`, `gaussian_lstm`, `transformer`), independently
 of the converter. The references are NCHW numpy versions of PyTorch's semantics: Conv2d
 cross-correlation, ConvTranspose2d out[s*i + t - p] += x[i] w[t], eval BatchNorm2d,
 LSTMCell with gates i, f, g, o and state (h, c), and a post-LN TransformerEncoderLayer
@@ -12,16 +12,14 @@ whose MultiheadAttention splits `in_proj` rows as [q; k; v] under a causal float
 import argparse
 import json
 import math
-import pathlib
-import pickle
 import re
 import sys
-import types
 
 import grain
 import jax
 import numpy as np
 import pytest
+import torchfiles
 from test_convert_cli import run_convert_cli
 
 from avjax.convert import torch_io
@@ -31,7 +29,7 @@ from avjax.train.tasks.sound2sight import Sound2SightTask
 from configs import sound2sight_drums, sound2sight_m3so_nb
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "pe")
-# spec 1.12: parameters per official module of one M3SO-NB model.
+# Parameters per official module of one M3SO-NB model (counted on the official models/).
 SPEC_PARAMS = {
     "encoder": 1_837_760,
     "decoder": 2_493_761,
@@ -544,72 +542,55 @@ def test_cli_npz_run_dir_evaluates_and_resumes(converted, tmp_path):
     assert int(state["opt_state"]["gen"][0].count) == 0
 
 
-TOY_MODELS = """
-import numpy as np
-
-
-class Tensor:  # stands in for torch.Tensor
-    def __init__(self, a):
-        self.a = np.asarray(a)
-
-    def detach(self):
-        return self
-
-    def cpu(self):
-        return self
-
-    def numpy(self):
-        return self.a
-
-
-class Net:
-    def state_dict(self):
-        return {
-            "c2.main.0.weight": Tensor(np.ones((2, 1, 4, 4))),
-            "c2.main.1.num_batches_tracked": Tensor(3),
+def test_load_module_checkpoint_reads_pickled_modules_without_the_official_repo(tmp_path):
+    """Pickled modules (classes of the repo's models/ and torch.nn) flattened like
+    state_dict(); `opt` (argparse.Namespace) and `loss` (MSELoss) add nothing; nothing is
+    imported: the classes exist only while the file is written."""
+    names = (
+        "models.toy.Net",
+        "torch.nn.modules.batchnorm.BatchNorm2d",
+        "torch.nn.modules.loss.MSELoss",
+    )
+    with torchfiles.fake_globals(*names) as cls:
+        bn = torchfiles.module(
+            cls["BatchNorm2d"],
+            params={"weight": np.ones(2, np.float32), "bias": np.zeros(2, np.float32)},
+            buffers={"num_batches_tracked": np.array(3)},
+        )
+        net = torchfiles.module(
+            cls["Net"], params={"w": np.ones((2, 1, 4, 4), np.float32)}, modules={"bn": bn}
+        )
+        ckpt = {
+            "encoder": net,
+            "loss": torchfiles.module(cls["MSELoss"]),
+            "opt": argparse.Namespace(lr=2e-3),
         }
-
-
-class MSELoss:
-    def state_dict(self):
-        return {}
-"""
-
-
-def test_load_module_checkpoint_unpickles_with_the_official_repo(tmp_path, monkeypatch):
-    """Pickled modules (classes from the repo's models/), flattened; `opt` and `loss` dropped."""
-    repo = tmp_path / "Sound2Sight"
-    (repo / "models").mkdir(parents=True)
-    (repo / "models" / "__init__.py").write_text("")
-    (repo / "models" / "toy.py").write_text(TOY_MODELS)
-    sys.path.insert(0, str(repo))
-    try:
-        from models import toy
-
-        ckpt = {"encoder": toy.Net(), "loss": toy.MSELoss(), "opt": argparse.Namespace(lr=2e-3)}
-        (tmp_path / "model.pth").write_bytes(pickle.dumps(ckpt))
-    finally:
-        sys.path.remove(str(repo))
-        sys.modules.pop("models.toy")
-        sys.modules.pop("models")
-
-    calls = {}
-
-    def fake_load(path, map_location=None, weights_only=True):
-        calls.update(map_location=map_location, weights_only=weights_only)
-        return pickle.loads(pathlib.Path(path).read_bytes())
-
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=fake_load))
-    with pytest.raises(ModuleNotFoundError, match="official_repo"):
-        torch_io.load_module_checkpoint(tmp_path / "model.pth")
-    flat = torch_io.load_module_checkpoint(tmp_path / "model.pth", repo)
-    sys.modules.pop("models.toy")
-    sys.modules.pop("models")
-    assert calls == {"map_location": "cpu", "weights_only": False}
-    assert str(repo) not in sys.path
-    assert sorted(flat) == ["encoder.c2.main.0.weight", "encoder.c2.main.1.num_batches_tracked"]
-    np.testing.assert_array_equal(flat["encoder.c2.main.0.weight"], np.ones((2, 1, 4, 4)))
+        torchfiles.save_legacy(ckpt, tmp_path / "model.pth")
+    assert "models.toy" not in sys.modules
+    flat = torch_io.load_module_checkpoint(tmp_path / "model.pth")
+    assert sorted(flat) == [
+        "encoder.bn.bias", "encoder.bn.num_batches_tracked", "encoder.bn.weight", "encoder.w",
+    ]  # fmt: skip
+    np.testing.assert_array_equal(flat["encoder.w"], np.ones((2, 1, 4, 4)))
+    assert flat["encoder.bn.num_batches_tracked"] == 3
 
     np.savez(tmp_path / "flat.npz", **flat)
     again = torch_io.load_module_checkpoint(tmp_path / "flat.npz")
     assert sorted(again) == sorted(flat)
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+def test_whole_module_pth_of_the_official_layout_reads_back_exactly(converted, tmp_path, legacy):
+    """Every key of the official layout, pickled as nested modules with BN buffers."""
+    _, sd, _, _ = converted
+    with torchfiles.fake_globals("models.dcgan_48.encoder") as cls:
+        torchfiles.mark_module_classes(cls["encoder"])
+        ckpt = torchfiles.modules_from_flat(sd, cls["encoder"], BUFFERS)
+        ckpt["opt"] = argparse.Namespace(lr=2e-3, n_past=5)
+        save = torchfiles.save_legacy if legacy else torchfiles.save_zip
+        save(ckpt, tmp_path / "model.pth")
+    flat = torch_io.load_module_checkpoint(tmp_path / "model.pth")
+    assert sorted(flat) == sorted(sd)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(flat[k], v, err_msg=k)
+        assert flat[k].dtype == np.asarray(v).dtype, k

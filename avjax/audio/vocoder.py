@@ -123,13 +123,7 @@ class MelGANVocoder(Vocoder):
             from avjax.convert import torch_io
             from avjax.convert.melgan import PAPER, melgan_from_torch
 
-            if path.suffix == ".npz":
-                if not path.is_file():
-                    raise FileNotFoundError(f"vocoder weights {path} do not exist")
-                with np.load(path, allow_pickle=False) as z:
-                    sd = {k: z[k] for k in z.files}
-            else:
-                sd = torch_io.load_state_dict(path)
+            sd = torch_io.load_state_dict(path)  # .pt or .npz, never unpickles code
             params = melgan_from_torch(sd, PAPER)["params"]["generator"]
             return cls(melgan.generator_from_config(PAPER["model"]), params, dtype)
         if not path.exists():

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from avjax import io_safety
 from avjax.convert import torchvision_names as tvn
+from avjax.errors import UserError
 from avjax.models.specvqgan.melception import Melception
 
 
@@ -31,10 +33,10 @@ def load_official_mel_stats(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"mel stats file {path} does not exist")
     if path.suffix == ".npz":
-        with np.load(path) as z:
-            if "mean" not in z or "std" not in z:
-                raise ValueError(f"{path}: expected arrays 'mean' and 'std', got {z.files}")
-            mean, std = z["mean"], z["std"]
+        z = io_safety.load_npz(path)
+        if "mean" not in z or "std" not in z:
+            raise UserError(f"{path}: expected arrays 'mean' and 'std', got {sorted(z)}")
+        mean, std = z["mean"], z["std"]
     else:
         table = np.loadtxt(path, dtype=np.float32)
         if table.ndim != 2 or table.shape[1] != 2:

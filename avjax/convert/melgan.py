@@ -27,7 +27,7 @@ from avjax.models.specvqgan.melgan import discriminator_from_config, generator_f
 _G = re.compile(r"model\.(\d+)\.(?:(block|shortcut)\.(?:(\d+)\.)?)?(weight_g|weight_v|bias)")
 _D = re.compile(r"model\.disc_(\d+)\.model\.layer_(\d+)\.(?:\d+\.)?(weight_g|weight_v|bias)")
 
-# The released VGGSound vocoder's architecture (spec A5, `args.yml`).
+# The released VGGSound vocoder's architecture (its `args.yml` in the official release).
 PAPER = {
     "model": {"n_mel_channels": 80, "ngf": 32, "n_residual_layers": 3, "ratios": (8, 8, 2, 2)},
     "disc": {"num_D": 3, "ndf": 16, "n_layers": 4, "downsampling_factor": 4},

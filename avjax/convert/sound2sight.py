@@ -1,7 +1,8 @@
 """Import of an official Sound2Sight checkpoint (`model.pth`) into the Sound2Sight task state.
 
 Input: the flat numpy dict `{"<module>.<torch key>": array}` that
-`torch_io.load_module_checkpoint` makes of the pickled modules (spec 1.9), e.g.
+`torch_io.load_module_checkpoint` makes of the pickled modules (the official `train.py`
+saves whole `nn.Module`s), e.g.
 `encoder.c2.main.0.weight`, `frame_predictor.lstm.0.weight_ih`, `disc_std.bias`.
 Official module -> ours (`Sound2Sight` = params/batch_stats "gen", `Discriminator` = "disc"):
 
@@ -12,7 +13,7 @@ Official module -> ours (`Sound2Sight` = params/batch_stats "gen", `Discriminato
   disc_encoder, disc_audio_enc, disc,    -> disc frame_encoder, audio_encoder, seq, frame_cls
     disc_std
 
-Weights, PyTorch -> ours (spec 1.12 rules, written for our module layout):
+Weights, PyTorch -> ours (the official `models/` definitions, mapped onto our module layout):
   Conv2d weight (O, I, kh, kw)            -> <block>/conv/kernel (kh, kw, I, O)
   ConvTranspose2d weight (I, O, kh, kw)   -> <block>/conv/kernel (kh, kw, I, O)
                                              (`layers.ConvTranspose`, no spatial flip)

@@ -14,6 +14,9 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
+from avjax.errors import UserError
+from avjax.io_safety import load_npz
+
 EPS = 1e-6
 
 
@@ -36,10 +39,10 @@ def feature_stats(features) -> GaussianStats:
 
 def load_stats(path) -> GaussianStats:
     """Reads precomputed stats from an .npz with arrays `mu` and `sigma`."""
-    with np.load(path) as z:
-        if "mu" not in z or "sigma" not in z:
-            raise ValueError(f"{path}: expected arrays 'mu' and 'sigma', found {sorted(z.files)}")
-        return GaussianStats(z["mu"], z["sigma"])
+    z = load_npz(path)
+    if "mu" not in z or "sigma" not in z:
+        raise UserError(f"{path}: expected arrays 'mu' and 'sigma', found {sorted(z)}")
+    return GaussianStats(z["mu"], z["sigma"])
 
 
 def save_stats(path, stats: GaussianStats) -> None:

@@ -120,11 +120,7 @@ class MelceptionScorer:
         from avjax.convert import torch_io
         from avjax.convert.melception import melception_from_torch
 
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                sd = {k: z[k] for k in z.files}
-        else:
-            sd = torch_io.load_state_dict(path)
+        sd = torch_io.load_state_dict(path)  # .pt or .npz, never unpickles code
         state = melception_from_torch(sd)
         model = melception_model({})
         variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

@@ -11,7 +11,7 @@ def load_vggishish_backbone(path: str | pathlib.Path) -> dict:
     """VGGish-ish conv parameters ({"features_i": ...}) for a trained LPAPS backbone.
 
     `path` is an avjax classifier workdir (its latest checkpoint is read) or an official
-    PyTorch checkpoint (`vggishish16.pt`; reading it needs the optional `torch` extra).
+    PyTorch checkpoint (`vggishish16.pt`, read without torch and without running its code).
     """
     path = pathlib.Path(path)
     if path.is_dir():
