@@ -9,14 +9,18 @@ the file and says what was expected.
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
+import threading
 
 import numpy as np
 
 from avjax.errors import UserError
 
 __all__ = ["load_npy", "load_npz"]
+
+_NPY_LOCK = threading.Lock()
 
 _PICKLED = (
     "holds Python objects (a pickled object array), which avjax never unpickles; expected "
@@ -30,26 +34,54 @@ def _explain(path: pathlib.Path, e: Exception, what: str) -> UserError:
     return UserError(f"{path}: not a readable {what} ({type(e).__name__}: {e})")
 
 
-def load_npy(path: str | os.PathLike) -> np.ndarray:
-    """Reads one numeric array from a `.npy` file (never unpickles).
+def load_npy(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
+    """Reads one numeric `.npy` array without unpickling; thread-safe.
 
     Args:
-      path: the file.
+      path: the file (named in errors; read unless `data` is given).
+      data: the file's bytes, when already read.
+
     Returns:
-      The array as stored.
+      The array.
+
     Raises:
-      UserError: the file is missing, truncated, not a `.npy`, or holds an object array.
+      UserError naming the file: missing, not a .npy file, truncated, or an object array.
     """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist (expected a numpy .npy file)")
-    try:
-        out = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise _explain(path, e, "numpy .npy file") from None
-    if not isinstance(out, np.ndarray):
-        raise UserError(f"{path}: expected a .npy array, got an .npz archive")
-    return out
+    path = os.fspath(path)
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror or e})") from e
+    # np.load parses the header with ast.literal_eval, which intermittently raises
+    # SystemError under threads on CPython 3.11.7: parse under a lock.
+    with _NPY_LOCK:
+        buf = io.BytesIO(data)
+        try:
+            version = np.lib.format.read_magic(buf)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(buf)
+            elif version == (2, 0):
+                _, _, dtype = np.lib.format.read_array_header_2_0(buf)
+            else:
+                dtype = None
+        except Exception as e:
+            raise UserError(
+                f"{path}: unreadable, not a .npy array file ({type(e).__name__}: {e})"
+            ) from e
+        if dtype is not None and dtype.hasobject:
+            raise UserError(
+                f"{path}: holds Python objects (dtype {dtype}), which avjax never unpickles; "
+                "expected a numeric array, e.g. np.save(path, x.astype(np.float32))"
+            )
+        buf.seek(0)
+        try:
+            return np.load(buf, allow_pickle=False)
+        except Exception as e:
+            raise UserError(
+                f"{path}: unreadable .npy file, truncated or corrupt ({type(e).__name__})"
+            ) from e
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avjax.audio import validate as mel_check
+from avjax.io_safety import load_npy
 from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = [
@@ -47,7 +48,7 @@ _SPLIT_ALIASES = {"val": "valid", "validation": "valid", "eval": "valid"}
 
 def _parse_npy(data: bytes, path: str) -> np.ndarray:
     """A .npy file's bytes -> array (thread-safe; `UserError` naming `path` if corrupt)."""
-    return mel_check.read_npy(path, data)
+    return load_npy(path, data)
 
 
 def load_mel_npy(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.ndarray:

@@ -8,70 +8,17 @@ training, `launch/codec.py` and the evaluators accept and reject the same files.
 
 from __future__ import annotations
 
-import io
 import os
-import threading
 
 import numpy as np
 
 from avjax.errors import UserError
+from avjax.io_safety import load_npy
 
-__all__ = ["NUM_MELS", "RANGE_TOL", "check_mel", "load_mel", "read_npy"]
+__all__ = ["NUM_MELS", "RANGE_TOL", "check_mel", "load_mel"]
 
 NUM_MELS = 80
 RANGE_TOL = 1e-4  # allowed excursion outside [0, 1] before a file counts as corrupt
-
-_NPY_LOCK = threading.Lock()
-
-
-def read_npy(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
-    """Reads one `.npy` array without unpickling; thread-safe.
-
-    Args:
-      path: the file (named in errors; read unless `data` is given).
-      data: the file's bytes, when already read.
-
-    Returns:
-      The array.
-
-    Raises:
-      UserError naming the file: missing, not a .npy file, truncated, or an object array.
-    """
-    path = os.fspath(path)
-    if data is None:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise UserError(f"{path}: cannot read ({e.strerror or e})") from e
-    # np.load parses the header with ast.literal_eval, which intermittently raises
-    # SystemError under threads on CPython 3.11.7: parse under a lock.
-    with _NPY_LOCK:
-        buf = io.BytesIO(data)
-        try:
-            version = np.lib.format.read_magic(buf)
-            if version == (1, 0):
-                _, _, dtype = np.lib.format.read_array_header_1_0(buf)
-            elif version == (2, 0):
-                _, _, dtype = np.lib.format.read_array_header_2_0(buf)
-            else:
-                dtype = None
-        except Exception as e:
-            raise UserError(
-                f"{path}: unreadable, not a .npy array file ({type(e).__name__}: {e})"
-            ) from e
-        if dtype is not None and dtype.hasobject:
-            raise UserError(
-                f"{path}: holds Python objects (dtype {dtype}), not a numeric array; "
-                "save the spectrogram with np.save(path, mel.astype(np.float32))"
-            )
-        buf.seek(0)
-        try:
-            return np.load(buf, allow_pickle=False)
-        except Exception as e:
-            raise UserError(
-                f"{path}: unreadable .npy file, truncated or corrupt ({type(e).__name__})"
-            ) from e
 
 
 def check_mel(
@@ -123,9 +70,9 @@ def check_mel(
 def load_mel(
     path: str | os.PathLike, *, min_frames: int = 1, max_frames: int | None = None
 ) -> np.ndarray:
-    """Reads and validates one `*_mel.npy` (see `read_npy`, `check_mel`); thread-safe.
+    """Reads and validates one `*_mel.npy` (`io_safety.load_npy`, `check_mel`); thread-safe.
 
     Returns:
       [80, T] float32 in [0, 1].
     """
-    return check_mel(read_npy(path), path, min_frames=min_frames, max_frames=max_frames)
+    return check_mel(load_npy(path), path, min_frames=min_frames, max_frames=max_frames)
