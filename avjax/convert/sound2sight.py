@@ -16,7 +16,7 @@ Official module -> ours (`Sound2Sight` = params/batch_stats "gen", `Discriminato
 Weights, PyTorch -> ours (the official `models/` definitions, mapped onto our module layout):
   Conv2d weight (O, I, kh, kw)            -> <block>/conv/kernel (kh, kw, I, O)
   ConvTranspose2d weight (I, O, kh, kw)   -> <block>/conv/kernel (kh, kw, I, O)
-                                             (`layers.ConvTranspose`, no spatial flip)
+                                             (`avjax.nn.ConvTranspose`, no flip)
   BatchNorm2d weight, bias                -> <block>/bn/scale, bias;
     running_mean, running_var             -> batch_stats <block>/bn/mean, var
   Linear weight (out, in)                 -> kernel (in, out)

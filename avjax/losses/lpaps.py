@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avjax.models.specvqgan.classifiers import VGGISHISH16_LAYERS, VGGishish
+from avjax.nn import Conv
 
 # torch Conv2d default init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_default_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -55,7 +56,7 @@ class NetLinLayer(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         """[B, H, W, C] -> [B, H, W, 1]; dropout needs the "dropout" RNG when `train`."""
         x = nn.Dropout(self.rate, deterministic=not train or self.rate == 0.0)(x)
-        return nn.Conv(
+        return Conv(
             1,
             (1, 1),
             use_bias=False,

@@ -13,6 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from avjax.nn import Conv, max_pool
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,7 +30,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = lambda ch, k, s, p, name: nn.Conv(
+        conv = lambda ch, k, s, p, name: Conv(
             ch,
             (k, k),
             strides=s,
@@ -78,7 +80,7 @@ class ResNet(nn.Module):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"ResNet expects [B, H, W, 3] images, got shape {x.shape}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.Conv(
+        x = Conv(
             self.width,
             (7, 7),
             strides=2,
@@ -91,7 +93,7 @@ class ResNet(nn.Module):
         x = nn.BatchNorm(
             use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn1", **kw
         )(x)
-        x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, n in enumerate(self.stage_sizes):
             for j in range(n):
                 x = Bottleneck(

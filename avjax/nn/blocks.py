@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avjax.nn import conv
+from avjax.nn.layers import Conv
 
 Dtype = Any
 Padding = str | tuple[tuple[int, int], tuple[int, int]]
@@ -48,8 +48,8 @@ def torch_conv(
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     name: str | None = None,
-) -> nn.Conv:
-    """A square `nn.Conv` with PyTorch default init; padding defaults to k//2 on each side.
+) -> Conv:
+    """A square routed `Conv` with PyTorch default init; padding defaults to k//2 on each side.
 
     Args:
         features: output channels.
@@ -59,7 +59,7 @@ def torch_conv(
     if padding is None:
         p = kernel_size // 2
         padding = ((p, p), (p, p))
-    return nn.Conv(
+    return Conv(
         features,
         (kernel_size, kernel_size),
         strides=(strides, strides),
@@ -70,7 +70,6 @@ def torch_conv(
         kernel_init=torch_kernel_init,
         bias_init=torch_bias_init(in_features * kernel_size * kernel_size),
         name=name,
-        conv_general_dilated=conv.conv_general_dilated,
     )
 
 

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avjax.nn.conv import conv_general_dilated, conv_transpose
+from avjax.nn import Conv, ConvTranspose
 
 Dtype = Any
 
@@ -98,7 +98,9 @@ class ConvBlock(nn.Module):
     """Conv (or transposed conv) -> FrameBatchNorm -> activation on `[..., H, W, C]`.
 
     `padding` is PyTorch's (symmetric, per spatial dim); transposed convs follow PyTorch's
-    `ConvTranspose2d` (see `ConvTranspose`).
+    `ConvTranspose2d` (`avjax.nn.ConvTranspose`: col2im matmuls on CPU, where XLA:CPU runs
+    the gradients of an lhs-dilated convolution more than 10x slower than the rest of the
+    training step). Kernels are [k, k, in, out], the PyTorch weights transposed.
     """
 
     features: int
@@ -122,12 +124,13 @@ class ConvBlock(nn.Module):
                 self.kernel,
                 self.stride,
                 self.padding,
+                kernel_init=dcgan_init,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="conv",
             )
         else:
-            conv = nn.Conv(
+            conv = Conv(
                 self.features,
                 k,
                 strides=self.stride,
@@ -136,7 +139,6 @@ class ConvBlock(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="conv",
-                conv_general_dilated=conv_general_dilated,
             )
         y = conv(y)
         y = y.reshape((*lead, *y.shape[1:]))
@@ -149,30 +151,6 @@ class ConvBlock(nn.Module):
         if self.act == "sigmoid":
             return nn.sigmoid(y)
         raise ValueError(f"unknown activation {self.act!r}")
-
-
-class ConvTranspose(nn.Module):
-    """PyTorch `ConvTranspose2d(k, stride, padding)` on NHWC, as `conv.conv_transpose`.
-
-    One matmul plus overlap-add: XLA:CPU runs the gradients of an lhs-dilated convolution
-    (`nn.ConvTranspose`) more than 10x slower than the rest of the training step. The
-    kernel [k, k, in, out] is the PyTorch weight (in, out, k, k) transposed.
-    """
-
-    features: int
-    kernel: int
-    stride: tuple[int, int] = (2, 2)
-    padding: tuple[int, int] = (1, 1)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k, cin, cout = self.kernel, x.shape[-1], self.features
-        w = self.param("kernel", dcgan_init, (k, k, cin, cout), self.param_dtype)
-        b = self.param("bias", nn.initializers.zeros, (cout,), self.param_dtype)
-        w, x = w.astype(self.dtype), x.astype(self.dtype)
-        return conv_transpose(x, w, tuple(self.stride), tuple(self.padding)) + b
 
 
 class LSTMCell(nn.Module):

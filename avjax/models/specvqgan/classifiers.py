@@ -14,8 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from avjax.nn.conv import conv_general_dilated
-from avjax.nn.pooling import adaptive_avg_pool2d, max_pool
+from avjax.nn import Conv, max_pool
+from avjax.nn.pooling import adaptive_avg_pool2d
 
 VGGISHISH16_LAYERS: tuple[int | str, ...] = (
     64, 64, "MP", 128, 128, "MP", 256, 256, 256, "MP", 512, 512, 512, "MP", 512, 512, 512,
@@ -103,7 +103,7 @@ class VGGishish(nn.Module):
         outs = []
         for idx, kind, ch in layout:
             if kind == "conv":
-                x = nn.Conv(
+                x = Conv(
                     ch,
                     (3, 3),
                     padding=1,
@@ -111,7 +111,6 @@ class VGGishish(nn.Module):
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"features_{idx}",
-                    conv_general_dilated=conv_general_dilated,
                 )(x)
             elif kind == "bn":
                 x = nn.BatchNorm(
@@ -125,7 +124,7 @@ class VGGishish(nn.Module):
             elif kind == "relu":
                 x = nn.relu(x)
             else:
-                x = max_pool(x, 2)
+                x = max_pool(x, (2, 2), strides=(2, 2))
             if idx in taps:
                 outs.append(x)
         if not head:

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avjax.nn import Conv
 from avjax.nn.blocks import torch_bias_init
-from avjax.nn.conv import conv_general_dilated
 
 Dtype = Any
 
@@ -51,7 +51,7 @@ class NLayerDiscriminator(nn.Module):
         w_init = nn.initializers.normal(0.02)
 
         def conv(features, stride, use_bias, idx, c_in):
-            return nn.Conv(
+            return Conv(
                 features,
                 (4, 4),
                 strides=(stride, stride),
@@ -60,7 +60,6 @@ class NLayerDiscriminator(nn.Module):
                 kernel_init=w_init,
                 bias_init=torch_bias_init(c_in * 16),
                 name=f"main_{idx}",
-                conv_general_dilated=conv_general_dilated,
                 **kw,
             )
 

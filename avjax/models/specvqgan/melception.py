@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avjax.nn import Conv, max_pool
+
 FEATURE_NAMES = ("64", "192", "768", "2048", "logits_unbiased", "logits")
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -46,7 +48,7 @@ def avg_pool3x3_same(x: jnp.ndarray) -> jnp.ndarray:
 
 def max_pool3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
     """torch `F.max_pool2d(x, 3, stride=2)` (no padding, floor)."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2))
+    return max_pool(x, (3, 3), strides=(2, 2))
 
 
 class BasicConv2d(nn.Module):
@@ -62,7 +64,7 @@ class BasicConv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = nn.Conv(
+        x = Conv(
             self.features,
             self.kernel,
             strides=self.stride,

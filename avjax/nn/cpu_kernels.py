@@ -1,16 +1,18 @@
-"""2-D convolution that is fast on CPU too: `conv_general_dilated`, a drop-in for lax's.
+"""XLA:CPU's fast paths: convolutions, transposed convolutions and max-pool gradients as matmuls.
 
-Pass it to `nn.Conv(conv_general_dilated=...)`. On GPU / TPU, and for anything but a
-channels-last (NHWC / HWIO), undilated, ungrouped conv, it *is* `lax.conv_general_dilated`.
-On CPU it routes around XLA:CPU's slow convolution paths with matmuls (2-core reference
-machine; float32 matmul ~390 GFLOP/s, XLA's forward convolution ~200-300):
+The kernels behind `avjax.nn.Conv`, `ConvTranspose` and `max_pool` (`avjax/nn/layers.py`),
+which use them when a program is lowered for CPU and plain lax / Flax elsewhere. Nothing
+here checks the backend: call these directly only for CPU programs. They route around
+XLA:CPU's slow convolution paths with matmuls (2-core reference machine; float32 matmul
+~390 GFLOP/s, XLA's forward convolution ~200-300):
 
 * kernel (weight) gradients: ~40 GFLOP/s on large maps (3x3 128->128 at [2, 80, 848]);
 * input gradients of strided convs (lhs-dilated convolutions): ~20 GFLOP/s;
 * tiny output maps with many channels: a k4/s2 256->512 conv from 5x4 to 2x2 took 1.5 s
   forward and backward at batch 304, against 0.06 s as one matmul.
 
-Three routes, picked per layer from static shapes (`_route`):
+Convolutions take one of three routes, picked per layer from static shapes (`conv_route`;
+anything but a channels-last (NHWC / HWIO), undilated, ungrouped conv is `lax`):
 
 `im2col` (output maps of at most `IM2COL_MAX_OUTPUT_PIXELS`, or at most
 `IM2COL_MAX_IN_FEATURES` input channels; at least `IM2COL_MIN_FEATURES` outputs; a patch
@@ -37,7 +39,6 @@ Measured fwd+bwd: the paper codebook step (batch 2) 29.0 -> 16.5 s; Sound2Sight'
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
@@ -52,21 +53,6 @@ IM2COL_MAX_ELEMENTS = 2**26  # largest patch matrix [N*Ho*Wo, kh*kw*Ci] built (2
 IM2COL_MIN_FEATURES = 32  # narrower outputs make a thin matmul: XLA's conv is faster
 IM2COL_MAX_OUTPUT_PIXELS = 16  # Ho*Wo up to 4x4: XLA:CPU's conv is slow on tiny maps
 IM2COL_MAX_IN_FEATURES = 4  # or a first layer on raw pixels / spectrogram bins
-_PLAIN_LAX = False
-
-
-@contextlib.contextmanager
-def plain_lax():
-    """Trace `conv_general_dilated` as plain `lax.conv_general_dilated` within the block.
-
-    For counting FLOPs: XLA's cost analysis counts the kernel gradient's `scan` body once.
-    """
-    global _PLAIN_LAX
-    before, _PLAIN_LAX = _PLAIN_LAX, True
-    try:
-        yield
-    finally:
-        _PLAIN_LAX = before
 
 
 def _is_channels_last(dimension_numbers, ndim: int) -> bool:
@@ -79,6 +65,42 @@ def _is_channels_last(dimension_numbers, ndim: int) -> bool:
         else lax.conv_dimension_numbers((1,) * 4, (1,) * 4, dimension_numbers)
     )
     return tuple(got) == tuple(want)
+
+
+def conv_route(
+    lhs_shape,
+    rhs_shape,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    preferred_element_type=None,
+) -> tuple[str, tuple[tuple[int, int], ...] | None]:
+    """The CPU route of a `lax.conv_general_dilated` call: (route, explicit padding).
+
+    Route is "im2col", "matmul_grad" or "lax" (module docstring); the padding is the call's
+    as ((lo, hi), (lo, hi)), or None with "lax" when the conv is not a plain NHWC one.
+    """
+    simple = (
+        _is_channels_last(dimension_numbers, len(lhs_shape))
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+    )
+    if not simple:
+        return "lax", None
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding)
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if not all(lo >= 0 and hi >= 0 for lo, hi in padding):
+        return "lax", None
+    return _route(tuple(lhs_shape), tuple(rhs_shape), strides, padding), padding
 
 
 def conv_general_dilated(
@@ -94,28 +116,26 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ):
-    """`lax.conv_general_dilated`, as im2col or with a chunked kernel gradient on CPU (above)."""
-    simple = (
-        _is_channels_last(dimension_numbers, lhs.ndim)
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
-        and jax.default_backend() == "cpu"  # cuDNN / TPU convolutions are fast already
-        and not _PLAIN_LAX
+    """`lax.conv_general_dilated` along its CPU route (`conv_route`): im2col, matmul
+    gradients, or lax itself. For CPU programs; `avjax.nn.conv_general_dilated` picks by
+    backend."""
+    route, pads = conv_route(
+        lhs.shape,
+        rhs.shape,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        preferred_element_type,
     )
-    if simple:
-        strides = tuple(int(s) for s in window_strides)
-        if isinstance(padding, str):
-            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-        padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-        if all(lo >= 0 and hi >= 0 for lo, hi in padding):
-            route = _route(lhs.shape, rhs.shape, strides, padding)
-            if route == "im2col":
-                return im2col_conv(lhs, rhs, strides, padding, precision)
-            if route == "matmul_grad":
-                return _conv(lhs, rhs, strides, padding, precision)
+    strides = tuple(int(s) for s in window_strides)
+    if route == "im2col":
+        return im2col_conv(lhs, rhs, strides, pads, precision)
+    if route == "matmul_grad":
+        return _conv(lhs, rhs, strides, pads, precision)
     return lax.conv_general_dilated(
         lhs,
         rhs,
@@ -287,7 +307,7 @@ def _kernel_grad(x, g, w_shape, strides, padding, precision):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_transpose(x, w, strides, padding):
+def conv_transpose(x, w, strides, padding, output_padding=(0, 0), precision=None):
     """PyTorch `ConvTranspose2d` as one matmul plus overlap-add ("col2im"), NHWC.
 
     Args:
@@ -295,9 +315,11 @@ def conv_transpose(x, w, strides, padding):
       w: [kh, kw, Ci, Co], the PyTorch weight (Ci, Co, kh, kw) transposed.
       strides: (sh, sw).
       padding: (ph, pw), PyTorch's symmetric padding (crops the full output).
+      output_padding: (oh, ow), PyTorch's extra rows / columns at the bottom / right.
+      precision: of the matmul.
 
     Returns:
-      [N, (H-1)*sh + kh - 2*ph, (W-1)*sw + kw - 2*pw, Co].
+      [N, (H-1)*sh + kh - 2*ph + oh, (W-1)*sw + kw - 2*pw + ow, Co].
 
     Every input pixel is multiplied by the whole kernel at once, [N*H*W, Ci] x
     [Ci, kh*kw*Co]: exactly the transposed conv's FLOPs as matmuls with a wide output
@@ -306,9 +328,11 @@ def conv_transpose(x, w, strides, padding):
     """
     n, h, wd, ci = x.shape
     kh, kw, _, co = w.shape
-    (sh, sw), (ph, pw) = strides, padding
-    cols = x.reshape(-1, ci) @ w.transpose(2, 0, 1, 3).reshape(ci, kh * kw * co)
-    out = ((h - 1) * sh + kh - 2 * ph, (wd - 1) * sw + kw - 2 * pw)
+    (sh, sw), (ph, pw), (oh, ow) = strides, padding, output_padding
+    cols = jnp.matmul(
+        x.reshape(-1, ci), w.transpose(2, 0, 1, 3).reshape(ci, kh * kw * co), precision=precision
+    )
+    out = ((h - 1) * sh + kh - 2 * ph + oh, (wd - 1) * sw + kw - 2 * pw + ow)
     return _overlap_add(cols.reshape(n, h, wd, kh, kw, co), strides, (ph, pw), out)
 
 
@@ -346,3 +370,43 @@ def _interleave(phases, start, out_hw):
     (top, left), (oh, ow) = start, out_hw
     fill = ((0, 0), (0, max(0, top + oh - y.shape[1])), (0, max(0, left + ow - y.shape[2])), (0, 0))
     return jnp.pad(y, fill)[:, top : top + oh, left : left + ow]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool(x: jnp.ndarray, k: int) -> jnp.ndarray:
+    """`torch.nn.functional.max_pool2d(x, k)` (stride k, floor), NHWC, with select gradients.
+
+    [B, H, W, C] -> [B, H // k, W // k, C]. The gradient goes to the first maximum of each
+    window in row-major order, as PyTorch's and `lax.reduce_window`'s; here it is k*k
+    elementwise selects, where XLA:CPU's select-and-scatter takes ~3x longer (232 against
+    73 ms on VGGish-ish's [4, 80, 848, 64] pool).
+    """
+    return functools.reduce(jnp.maximum, _window_taps(x, k))
+
+
+def _window_taps(x, k):
+    """The k*k strided views [B, H // k, W // k, C] of a k x k / stride-k pool, row-major."""
+    h, w = x.shape[1] // k * k, x.shape[2] // k * k
+    return [x[:, i:h:k, j:w:k] for i in range(k) for j in range(k)]
+
+
+def _max_pool_fwd(x, k):
+    y = max_pool(x, k)
+    return y, (x, y)
+
+
+def _max_pool_bwd(k, res, g):
+    x, y = res
+    taken = jnp.zeros(y.shape, bool)
+    grads = []
+    for tap in _window_taps(x, k):
+        first = (tap == y) & ~taken
+        grads.append(jnp.where(first, g, 0).astype(x.dtype))
+        taken = taken | first
+    b, ho, wo, c = y.shape
+    dx = jnp.stack(grads).reshape(k, k, b, ho, wo, c).transpose(2, 3, 0, 4, 1, 5)
+    dx = dx.reshape(b, ho * k, wo * k, c)
+    return (jnp.pad(dx, ((0, 0), (0, x.shape[1] - ho * k), (0, x.shape[2] - wo * k), (0, 0))),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
