@@ -233,6 +233,8 @@ def test_conv_module_is_flax_conv_with_routes(strides, monkeypatch):
     for a, b, c in zip(*(jax.tree.leaves(ys[r]) for r in ("auto", "cpu")), jax.tree.leaves(want)):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+    plain = got["auto"].clone(route="plain")  # a clone takes its own route
+    np.testing.assert_array_equal(plain.apply(v, x), ref.apply(v, x))
     with pytest.raises(ValueError, match="route"):
         avjax.nn.Conv(4, (3, 3), route="gpu")
 

@@ -38,14 +38,17 @@ ROUTES = ("auto", "cpu", "plain")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _check_route(route: str, owner: str = "route") -> None:
+    if route not in ROUTES:
+        raise ValueError(f"{owner} must be one of {ROUTES}, got {route!r}")
+
+
 def _by_platform(route: str, cpu: Callable, plain: Callable, *args):
     """`cpu(*args)` in programs lowered for CPU, `plain(*args)` elsewhere (or as forced)."""
     if route == "cpu":
         return cpu(*args)
     if route == "plain":
         return plain(*args)
-    if route != "auto":
-        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     return lax.platform_dependent(*args, cpu=cpu, default=plain)
 
 
@@ -75,6 +78,7 @@ def conv_general_dilated(
 
     Same arguments and result as lax's; `route` as in the module docstring.
     """
+    _check_route(route)
     kw = dict(
         lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation,
@@ -133,6 +137,7 @@ def conv_transpose(
     Returns:
       [N, (H-1)*sh + kh - 2*ph + oh, (W-1)*sw + kw - 2*pw + ow, Co].
     """
+    _check_route(route)
     strides, padding = tuple(strides), tuple(padding)
     output_padding = tuple(output_padding)
 
@@ -177,6 +182,7 @@ def max_pool(
         window).
       route: "auto" | "cpu" | "plain" (module docstring).
     """
+    _check_route(route)
     window_shape = tuple(window_shape)
     strides = (1,) * len(window_shape) if strides is None else tuple(strides)  # as Flax's
 
@@ -201,9 +207,11 @@ class Conv(nn.Conv):
     route: Route = "auto"
 
     def __post_init__(self):
-        if self.route not in ROUTES:
-            raise ValueError(f"Conv.route must be one of {ROUTES}, got {self.route!r}")
-        if self.conv_general_dilated is None and self.conv_general_dilated_cls is None:
+        _check_route(self.route, "Conv.route")
+        fn = self.conv_general_dilated
+        ours = isinstance(fn, functools.partial) and fn.func is conv_general_dilated
+        if (fn is None or ours) and self.conv_general_dilated_cls is None:
+            # Set on every construction, so `clone(route=...)` takes the new route.
             self.conv_general_dilated = functools.partial(conv_general_dilated, route=self.route)
         super().__post_init__()
 
