@@ -5,6 +5,7 @@ Only process 0 writes; the others get a writer whose methods do nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import time
@@ -58,9 +59,25 @@ class MetricWriter:
             self._tb.flush()
 
     def close(self):
-        if self.enabled:
+        """Closes the files; a failing final flush (a full disk) is one warning line.
+
+        Otherwise tensorboardX would retry that flush at exit and print tracebacks.
+        """
+        if not self.enabled:
+            return
+        try:
             self._tb.close()
+        except OSError as e:
+            logging.warning("TensorBoard events in %s not all written (%s)", self.workdir, e)
+            for fw in list(getattr(self._tb, "all_writers", {}).values()):
+                ew = fw.event_writer
+                with contextlib.suppress(Exception):
+                    ew._worker.stop()
+                ew._closed = True  # tensorboardX's atexit hook skips closed writers
+        try:
             self._jsonl.close()
+        except OSError as e:
+            logging.warning("metrics.jsonl in %s not all written (%s)", self.workdir, e)
 
 
 class Progress:
