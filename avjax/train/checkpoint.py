@@ -326,7 +326,11 @@ def restore_state(workdir: str | pathlib.Path, step: int | None = None) -> dict:
     directory = pathlib.Path(workdir).absolute() / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints/ folder in {workdir}: is it an avjax workdir?")
-    handlers = {"state": ocp.StandardCheckpointHandler()}
+    # A handler for the iterator item too, only so Orbax does not warn that it cannot read it.
+    handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+    }
     # An explicit single-device target: runs saved on N devices restore on any machine.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
