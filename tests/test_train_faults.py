@@ -178,7 +178,7 @@ def test_nan_state_is_never_saved(tmp_path):
     with pytest.raises(
         FloatingPointError,
         match=r"non-finite values in the train state at step 4 \(\['params'\]\['w'\]\); not "
-        r"saved, nothing saved after the last checkpoint \(step 2\)",
+        r"saved \(the last checkpoint, step 2, is untouched\): lower the learning rate",
     ):
         _run(work, _config(10, log_every=5), FakeTask(nan_at=3))
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["2"]
@@ -285,18 +285,21 @@ def test_second_trainer_refused_and_kill9_frees_the_lock(tmp_path):
     assert _run(work)["step"] == 6  # the killed holder left nothing stuck
 
 
-def test_sigterm_saves_current_step_and_resumes_exactly(tmp_path, reference):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_current_step_and_resumes_exactly(tmp_path, reference, sig):
+    """SIGTERM (SLURM, preemptible VMs) or Ctrl-C during step 3: step 4 is saved, resumed."""
+
     def preempt(step, out_dir):
         if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
 
     work = tmp_path / "run"
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(sig)
     last = _run(
         work, _config(8, checkpoint_every=100, sample_every=1), FakeTask(on_samples=preempt)
     )
-    assert last["stopped_by"] == "SIGTERM" and last["step"] == 4
-    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert last["stopped_by"] == sig.name and last["step"] == 4
+    assert signal.getsignal(sig) is before  # handlers restored
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["4"]
     assert _run(work, _config(8, checkpoint_every=100))["step"] == 8
     np.testing.assert_array_equal(_params(work), reference)

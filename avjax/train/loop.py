@@ -189,13 +189,15 @@ def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None =
     for name, value in sorted(metrics.items()):
         if not math.isfinite(value):
             raise FloatingPointError(
-                f"non-finite metric {name}={value} at step {step}; stopping, nothing saved "
-                f"after {_saved_text(last_saved)}: lower the learning rate or check the input data"
+                f"non-finite metric {name}={value} at step {step}; stopping "
+                f"({_saved_text(last_saved)}): lower the learning rate or check the input data"
             )
 
 
 def _saved_text(last_saved: int | None) -> str:
-    return "the start" if last_saved is None else f"the last checkpoint (step {last_saved})"
+    if last_saved is None:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint, step {last_saved}, is untouched"
 
 
 def _leaf_finite(state):
@@ -220,8 +222,8 @@ def _check_state_finite(finite_fn, state, step: int, last_saved: int | None):
     bad = [n for n, good in zip(names, ok) if not good]
     raise FloatingPointError(
         f"non-finite values in the train state at step {step} ({bad[0]}"
-        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); not saved, nothing saved "
-        f"after {_saved_text(last_saved)}: lower the learning rate or check the input data"
+        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); not saved "
+        f"({_saved_text(last_saved)}): lower the learning rate or check the input data"
     )
 
 
@@ -364,7 +366,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
             if stop is not None:
                 ckpt.wait()
                 last = {**last, "step": step, "stopped_by": stop}
-                logging.warning("stopped by %s at step %d; checkpoint saved", stop, step)
+                logging.info("stopped by %s at step %d; checkpoint saved", stop, step)
                 break
             if tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps):
                 try:
