@@ -59,9 +59,10 @@ class _HeldSaveErrors(py_logging.Filter):
         super().__init__()
         self.held: list[py_logging.LogRecord] = []
         self.passing = False
+        self.active = False  # only while a save is pending
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        if self.passing or record.levelno < py_logging.ERROR:
+        if not self.active or self.passing or record.levelno < py_logging.ERROR:
             return True
         if f"{os.sep}orbax{os.sep}" not in record.pathname:
             return True
@@ -69,7 +70,7 @@ class _HeldSaveErrors(py_logging.Filter):
         return False
 
     def release(self, logger: py_logging.Logger, emit: bool):
-        held, self.held = self.held, []
+        held, self.held, self.active = self.held, [], False
         if emit:
             self.passing = True
             try:
@@ -79,11 +80,27 @@ class _HeldSaveErrors(py_logging.Filter):
                 self.passing = False
 
 
+def _drop_unretrieved(record: py_logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in str(record.msg)
+
+
+def _closed_loop(exc_type, exc) -> bool:
+    return exc_type is RuntimeError and str(exc) == "Event loop is closed"
+
+
 def _excepthook_without_closed_loops(previous):
     def hook(exc_type, exc, tb):
-        if exc_type is RuntimeError and str(exc) == "Event loop is closed":
-            return
-        previous(exc_type, exc, tb)
+        if not _closed_loop(exc_type, exc):
+            previous(exc_type, exc, tb)
+
+    hook.avjax_previous = previous
+    return hook
+
+
+def _unraisablehook_without_closed_loops(previous):
+    def hook(unraisable):
+        if not _closed_loop(unraisable.exc_type, unraisable.exc_value):
+            previous(unraisable)
 
     hook.avjax_previous = previous
     return hook
@@ -130,7 +147,7 @@ class Checkpointer:
         self._logger = py_logging.getLogger("absl")
         self._held = _HeldSaveErrors()
         self._logger.addFilter(self._held)
-        sys.excepthook = _excepthook_without_closed_loops(sys.excepthook)
+        self._hooked = False
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -166,6 +183,11 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         if self._pending is not None:
             self._finish()  # Orbax would wait for it anyway; its failure is reported as its own
+        if not self._hooked:  # TensorStore reports these through either hook
+            sys.excepthook = _excepthook_without_closed_loops(sys.excepthook)
+            sys.unraisablehook = _unraisablehook_without_closed_loops(sys.unraisablehook)
+            self._hooked = True
+        self._held.active = True
         try:
             self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         except Exception as e:
@@ -202,6 +224,9 @@ class Checkpointer:
         full = _find_errno(e, errno.ENOSPC) is not None
         self._held.release(self._logger, emit=not full)
         if full:
+            # The failed writes' asyncio tasks log "exception was never retrieved" tracebacks
+            # when they are collected (at exit); the one line below says it all.
+            py_logging.getLogger("asyncio").addFilter(_drop_unretrieved)
             raise UserError(
                 f"{self.directory}: no space left on device while saving step {step}; {kept}"
             ) from e
@@ -304,8 +329,12 @@ class Checkpointer:
             self._manager.close()
         self._logger.removeFilter(self._held)
         self._held.release(self._logger, emit=False)  # only left after a reported failure
-        if getattr(sys.excepthook, "avjax_previous", None) is not None:
-            sys.excepthook = sys.excepthook.avjax_previous
+        if self._hooked:
+            for name in ("excepthook", "unraisablehook"):
+                previous = getattr(getattr(sys, name), "avjax_previous", None)
+                if previous is not None:
+                    setattr(sys, name, previous)
+            self._hooked = False
 
 
 def abstract_with_shardings(abstract_state, shardings):

@@ -148,6 +148,10 @@ def workdir_lock(workdir: pathlib.Path):
                 f"another trainer (pid {holder}) is running in {printable_path(workdir)}; "
                 "wait for it to finish or stop it, or use another --workdir"
             ) from None
+        except OSError as e:  # a filesystem without flock (some network/FUSE mounts)
+            logging.warning("cannot lock %s (%s); not guarding against a second trainer", path, e)
+            yield
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -291,7 +295,13 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
     ckpt = ckpt_lib.Checkpointer(
         workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints
     )
-    restored = ckpt.restore_latest(ckpt_lib.abstract_with_shardings(abstract, state_sh), train_iter)
+    try:
+        restored = ckpt.restore_latest(
+            ckpt_lib.abstract_with_shardings(abstract, state_sh), train_iter
+        )
+    except BaseException:
+        ckpt.close()  # removes its log filter and excepthook
+        raise
     if restored is None:
         state = jax.jit(task.init, out_shardings=state_sh)(rng)
         start = 0
