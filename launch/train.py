@@ -3,11 +3,16 @@
   python launch/train.py --config configs/specvqgan_vggsound.py:tiny --workdir workdirs/tiny
   python launch/train.py --config configs/specvqgan_vggsound.py --workdir W --config.data.dir=D
 
-Runs resume automatically from the latest good checkpoint in --workdir. On a multi-host
-slice pass --multihost (calls `jax.distributed.initialize()` before anything else).
+Runs resume automatically from the latest good checkpoint in --workdir; a workdir made by
+another config is refused (--allow_config_change to change it deliberately). SIGTERM or
+Ctrl-C saves the current step and exits with 128 + the signal number (143, 130), as
+SLURM and preemptible VMs expect; a non-finite loss or state exits 1 with one line and
+nothing non-finite saved. On a multi-host slice pass --multihost (calls
+`jax.distributed.initialize()` before anything else).
 """
 
 import pathlib
+import signal
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/, data_pipelines/
@@ -25,6 +30,9 @@ from launch import common
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default: workdirs/<config name>)")
 flags.DEFINE_bool("multihost", False, "initialise jax.distributed (multi-host GPU/TPU)")
+flags.DEFINE_bool(
+    "allow_config_change", False, "resume a workdir whose config.json differs (rewrites it)"
+)
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -35,9 +43,29 @@ def main(argv):
     config = FLAGS.config
     workdir = pathlib.Path(FLAGS.workdir or common.default_workdir(sys.argv))
     check_config(config, jax.device_count(), jax.process_count())  # before any data or compile
+    loop.check_workdir(config, workdir, FLAGS.allow_config_change)  # before any work
     inputs = make_inputs(config)
     task = make_task(config, inputs.stats)
-    last = loop.train(config, workdir, task, inputs.train_iter, inputs.eval_iter_fn)
+    try:
+        last = loop.train(
+            config,
+            workdir,
+            task,
+            inputs.train_iter,
+            inputs.eval_iter_fn,
+            allow_config_change=FLAGS.allow_config_change,
+        )
+    except FloatingPointError as e:  # divergence: one line, not a traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if "stopped_by" in last:
+        print(
+            f"stopped by {last['stopped_by']} at step {last['step']}; checkpoint saved, "
+            "resume with the same command",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(128 + signal.Signals[last["stopped_by"]].value)
     if jax.process_index() == 0:
         logging.info("final metrics: %s", last)
         print(f"run written to {workdir.resolve()} (step {last['step']})", flush=True)

@@ -15,7 +15,7 @@ import pytest
 
 from avjax.train import loop
 from avjax.train import sharding as shd
-from avjax.train.checkpoint import restore_params
+from avjax.train.checkpoint import restore_params, restore_state
 from avjax.train.tasks import make_task
 from avjax.train.tasks.vqgan import VQGANTask
 from configs import specvqgan_vggsound
@@ -151,14 +151,21 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path):
-    _train(tmp_path / "run", 4)
+    full = _train(tmp_path / "run", 4)
     ckpts = tmp_path / "run" / "checkpoints"
     # Damage every array file of the latest step (4): restore must fall back to step 2.
+    damaged = 0
     for f in (ckpts / "4").rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f) and "manifest" not in f.name:
             f.write_bytes(b"\0" * 7)
+            damaged += 1
+    assert damaged, "the damage hit no file"
     last = _train(tmp_path / "run", 4)
-    assert last["step"] == 4  # re-did steps 3-4 from step 2
+    # Steps 3-4 really ran again from step 2 (their metrics logged), with the same result,
+    # and the retrained step 4 replaced the damaged one, which was moved aside.
+    assert last["step"] == 4 and last["train/total_loss"] == full["train/total_loss"]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4", "4.damaged"]
+    assert int(restore_state(tmp_path / "run")["step"]) == 4
 
 
 def _cli(*args, env=None, **kw):

@@ -1,39 +1,235 @@
 """The generic training loop every avjax model family runs through.
 
 Mesh -> abstract state -> sharded init or restore -> jitted step (donated state) ->
-periodic logging, evaluation, samples and checkpoints. What is model-specific lives in
+periodic logging, evaluation, checkpoints and samples. What is model-specific lives in
 a `Task` (see `avjax.train.task`); input iterators come from the caller, so the
 library never depends on a particular input pipeline.
+
+What a user has is never lost: a workdir holding another config is refused before
+anything is written, one trainer at a time holds a workdir (an `flock` the kernel drops
+when the process dies, even by kill -9), the state is checked finite before every save,
+a checkpoint is written before samples (whose failures only warn), and SIGTERM / SIGINT
+(how SLURM and preemptible TPU VMs stop jobs) save the current step and return.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import pathlib
+import signal
+import threading
 from collections.abc import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
 from avjax.train import sharding as shd
 from avjax.train import writer as writer_lib
 from avjax.train.task import Task
+
+# Config fields a resumed run may change without --allow_config_change: how long it runs
+# and how often it logs, evaluates, writes samples and saves. Anything else (model, data,
+# optimiser, seed) would silently mix two experiments in one workdir.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "data.dir",  # the same dataset, moved (or given to a converted run)
+        "train.num_steps",
+        "train.log_every",
+        "train.eval_every",
+        "train.eval_batches",
+        "train.sample_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+    }
+)
+LOCK_FILE = "train.lock"
 
 
 def _to_json(config) -> str:
     return config.to_json(indent=2) if hasattr(config, "to_json") else json.dumps(config, indent=2)
 
 
-def _check_finite(metrics: dict[str, float], step: int):
+def printable_path(path) -> str:
+    """`path` as text that prints anywhere: undecodable bytes shown as `\\xNN`."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_differences(old: dict, new: dict) -> dict[str, tuple]:
+    """Dotted fields whose values differ between two config dicts: `{field: (old, new)}`."""
+    a, b = _flatten(old), _flatten(new)
+    missing = "<absent>"
+    return {
+        k: (a.get(k, missing), b.get(k, missing))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    }
+
+
+def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
+    """Refuses, before anything is written, a workdir this run must not use.
+
+    Raises `UserError` for a path that is not valid UTF-8 (Orbax's TensorStore cannot
+    write to it) and for a workdir whose `config.json` differs from `config` in fields
+    outside `RESUMABLE_FIELDS`, naming them (old -> new). With `allow_config_change`
+    the differences are only logged.
+
+    Returns:
+      Whether `config.json` needs (re)writing.
+    """
+    workdir = pathlib.Path(workdir)
+    try:
+        str(workdir.absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            f"workdir {printable_path(workdir.absolute())} is not a valid UTF-8 path (Orbax "
+            "checkpoints cannot be written there); choose a --workdir with a UTF-8 name"
+        ) from None
+    old_file = workdir / "config.json"
+    if not old_file.is_file():
+        return True
+    new = json.loads(_to_json(config))
+    try:
+        old = json.loads(old_file.read_text())
+    except (ValueError, OSError) as e:
+        if not allow_config_change:
+            raise UserError(
+                f"{old_file} is unreadable ({type(e).__name__}); pass --allow_config_change "
+                "to replace it with this run's config"
+            ) from None
+        old = {}
+    diffs = {k: v for k, v in config_differences(old, new).items() if k not in RESUMABLE_FIELDS}
+    if diffs and not allow_config_change:
+        shown = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diffs.items())[:8]]
+        more = f" and {len(diffs) - 8} more" if len(diffs) > 8 else ""
+        raise UserError(
+            f"{printable_path(workdir)} holds a run with a different config ({'; '.join(shown)}"
+            f"{more}); use another --workdir, or --allow_config_change to change it deliberately"
+        )
+    if diffs:
+        logging.warning(
+            "config of %s changed deliberately (--allow_config_change): %s",
+            printable_path(workdir),
+            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items()),
+        )
+    return old != new
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path):
+    """Holds `WORKDIR/train.lock` (flock) for one trainer; a second gets `UserError`.
+
+    The kernel releases an flock when its process dies, kill -9 included, so a killed run
+    never leaves the workdir locked. The file keeps the holder's PID for the message.
+    """
+    path = workdir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"another trainer (pid {holder}) is running in {printable_path(workdir)}; "
+                "wait for it to finish or stop it, or use another --workdir"
+            ) from None
+        except OSError as e:  # a filesystem without flock (some network/FUSE mounts)
+            logging.warning("cannot lock %s (%s); not guarding against a second trainer", path, e)
+            yield
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT set a flag that the loop reads at the next step boundary.
+
+    Single process only: on several processes JAX's preemption sync manager catches
+    SIGTERM and `CheckpointManager.reached_preemption` makes all processes agree on the
+    step. A second signal stops at once (the default action).
+    """
+
+    def __init__(self, multiprocess: bool):
+        self.received: str | None = None
+        self._old = {}
+        if multiprocess or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signal.Signals(signum).name
+        logging.warning("%s received: saving a checkpoint at the end of this step", self.received)
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+
+def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None = None):
     for name, value in sorted(metrics.items()):
         if not math.isfinite(value):
             raise FloatingPointError(
-                f"non-finite metric {name}={value} at step {step}; stopping (the last checkpoint "
-                "is untouched: lower the learning rate or check the input data)"
+                f"non-finite metric {name}={value} at step {step}; stopping "
+                f"({_saved_text(last_saved)}): lower the learning rate or check the input data"
             )
+
+
+def _saved_text(last_saved: int | None) -> str:
+    if last_saved is None:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint, step {last_saved}, is untouched"
+
+
+def _leaf_finite(state):
+    """Per floating leaf: all finite (one bool each; a cheap on-device reduction)."""
+    flags = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(state)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.stack(flags) if flags else jnp.ones((0,), bool)
+
+
+def _check_state_finite(finite_fn, state, step: int, last_saved: int | None):
+    ok = np.asarray(jax.device_get(finite_fn(state)))
+    if ok.all():
+        return
+    names = [
+        jax.tree_util.keystr(k)
+        for k, x in jax.tree_util.tree_leaves_with_path(state)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    bad = [n for n, good in zip(names, ok) if not good]
+    raise FloatingPointError(
+        f"non-finite values in the train state at step {step} ({bad[0]}"
+        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); not saved "
+        f"({_saved_text(last_saved)}): lower the learning rate or check the input data"
+    )
 
 
 def _mean_metrics(batches: list[dict]) -> dict[str, float]:
@@ -46,6 +242,8 @@ def train(
     task: Task,
     train_iter: Iterator[dict],
     eval_iter_fn: Callable[[], Iterator[dict]] | None = None,
+    *,
+    allow_config_change: bool = False,
 ) -> dict:
     """Trains `task` until `config.train.num_steps`, resuming from `workdir` if possible.
 
@@ -55,16 +253,33 @@ def train(
       task: the model family's init / train_step / eval_step / samples.
       train_iter: checkpointable Grain iterator of process-local train batches.
       eval_iter_fn: returns a fresh finite iterator of process-local eval batches.
+      allow_config_change: resume a workdir whose config.json differs from `config`
+        outside `RESUMABLE_FIELDS` (and rewrite it); refused with `UserError` otherwise.
 
     Returns:
-      The last logged train metrics (host floats), plus `step`.
+      The last logged train metrics (host floats), plus `step`; plus `stopped_by`
+      (`"SIGTERM"` / `"SIGINT"`) when a signal stopped the run after saving that step.
+
+    Raises:
+      UserError: another config's workdir, a non-UTF-8 workdir, a workdir another trainer
+        holds, a full disk while saving.
+      FloatingPointError: a non-finite metric or train state; nothing non-finite is saved.
     """
     workdir = pathlib.Path(workdir)
+    is_main = jax.process_index() == 0
+    write_config = check_workdir(config, workdir, allow_config_change)
+    with contextlib.ExitStack() as stack:
+        if is_main:
+            workdir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(workdir_lock(workdir))
+            if write_config:
+                (workdir / "config.json").write_text(_to_json(config))
+        return _train_locked(config, workdir, task, train_iter, eval_iter_fn)
+
+
+def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
     tc = config.train
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(_to_json(config))
 
     # Mesh and state shardings.
     mesh = shd.make_mesh(config.mesh)
@@ -81,7 +296,13 @@ def train(
     ckpt = ckpt_lib.Checkpointer(
         workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints
     )
-    restored = ckpt.restore_latest(ckpt_lib.abstract_with_shardings(abstract, state_sh), train_iter)
+    try:
+        restored = ckpt.restore_latest(
+            ckpt_lib.abstract_with_shardings(abstract, state_sh), train_iter
+        )
+    except BaseException:
+        ckpt.close()  # removes its log filter and excepthook
+        raise
     if restored is None:
         state = jax.jit(task.init, out_shardings=state_sh)(rng)
         start = 0
@@ -113,9 +334,12 @@ def train(
     def next_batch():
         return shd.global_batch(next(train_iter), mesh)
 
+    finite_fn = jax.jit(_leaf_finite, out_shardings=repl)
+    multiprocess = jax.process_count() > 1
     progress = writer_lib.Progress(tc.num_steps, start)
     last: dict = {"step": start}
     sample_batch = None
+    signals = _StopSignals(multiprocess)
     try:
         for step in range(start + 1, tc.num_steps + 1):
             batch = next_batch()
@@ -125,9 +349,10 @@ def train(
                 state, metrics = train_step(state, batch)
             if step == start + 1:
                 progress.reset(step)
+            ckpt.check()  # a failed background save is reported one step later
             if step % tc.log_every == 0 or step == tc.num_steps:
                 host = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(host, step)
+                _check_finite(host, step, ckpt.latest())
                 host["train/steps_per_sec"] = progress.steps_per_sec(step)
                 writer.scalars(step, host)
                 progress.log(step, host)
@@ -141,12 +366,34 @@ def train(
                 writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
                 logging.info("eval at step %d: %s", step, results)
                 last.update({f"eval/{k}": v for k, v in results.items()})
+            if multiprocess:
+                stop = "SIGTERM" if ckpt.reached_preemption(step) else None
+            else:
+                stop = signals.received
+            force = step == tc.num_steps or stop is not None
+            if ckpt.due(step, force=force):
+                _check_state_finite(finite_fn, state, step, ckpt.latest())
+                ckpt.maybe_save(step, state, train_iter, force=force)
+            if stop is not None:
+                ckpt.wait()
+                last = {**last, "step": step, "stopped_by": stop}
+                logging.info("stopped by %s at step %d; checkpoint saved", stop, step)
+                break
             if tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps):
-                task.write_samples(
-                    state, sample_batch, writer, step, workdir / "samples" / str(step)
-                )
-            ckpt.maybe_save(step, state, train_iter, force=step == tc.num_steps)
+                try:
+                    task.write_samples(
+                        state, sample_batch, writer, step, workdir / "samples" / str(step)
+                    )
+                except (OSError, UnicodeError) as e:
+                    logging.warning(
+                        "writing samples of step %d failed (%s: %s); training continues",
+                        step,
+                        type(e).__name__,
+                        printable_path(e),
+                    )
+        ckpt.wait()
     finally:
+        signals.restore()
         ckpt.close()
         writer.close()
     return last

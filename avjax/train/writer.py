@@ -5,8 +5,11 @@ Only process 0 writes; the others get a writer whose methods do nothing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import pathlib
+import threading
 import time
 from collections.abc import Mapping
 
@@ -14,53 +17,117 @@ import jax
 import numpy as np
 from absl import logging
 
+from avjax.errors import UserError
+
+
+def _is_tb_thread(thread) -> bool:
+    return type(thread).__module__.startswith("tensorboardX")
+
 
 class MetricWriter:
-    """Scalars, images and audio to `WORKDIR/tensorboard`, plus `metrics.jsonl`."""
+    """Scalars, images and audio to `WORKDIR/tensorboard`, plus `metrics.jsonl`.
+
+    tensorboardX writes from a background thread; when that thread dies (a full disk) its
+    queue fills and the next write would block forever. Writes check the thread first and
+    stop TensorBoard output with one warning instead; `metrics.jsonl` failing on a full
+    disk raises `UserError` naming the file.
+    """
 
     def __init__(self, workdir: str | pathlib.Path, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = pathlib.Path(workdir)
         self._tb = None
+        self._tb_failed = False
         if self.enabled:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"), flush_secs=10)
             self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+            self._previous_hook = threading.excepthook
+            threading.excepthook = self._thread_hook
+
+    def _thread_hook(self, args):
+        if _is_tb_thread(args.thread) and issubclass(args.exc_type, OSError):
+            return  # reported by `_tb_ok` at the next write, in one line
+        self._previous_hook(args)
+
+    def _tb_ok(self) -> bool:
+        if not self.enabled or self._tb_failed:
+            return False
+        for fw in list((getattr(self._tb, "all_writers", None) or {}).values()):
+            worker = getattr(fw.event_writer, "_worker", None)
+            if worker is not None and not worker.is_alive():
+                self._stop_tb("its writer thread failed, e.g. on a full disk")
+                return False
+        return True
+
+    def _stop_tb(self, why: str):
+        self._tb_failed = True
+        logging.warning("TensorBoard output in %s stopped (%s)", self.workdir / "tensorboard", why)
+        for fw in list((getattr(self._tb, "all_writers", None) or {}).values()):
+            fw.event_writer._closed = True  # no more queueing; the atexit hook skips it
 
     def scalars(self, step: int, metrics: Mapping[str, float]):
         if not self.enabled:
             return
         for k, v in metrics.items():
-            self._tb.add_scalar(k, float(v), step)
+            if self._tb_ok():
+                self._tb.add_scalar(k, float(v), step)
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise UserError(
+                    f"{self.workdir / 'metrics.jsonl'}: no space left on device while logging "
+                    f"step {step}"
+                ) from None
+            raise
 
     def image(self, step: int, tag: str, image: np.ndarray):
         """`image`: [H, W] or [H, W, C] floats in [0, 1] or uint8."""
-        if self.enabled:
+        if self._tb_ok():
             image = np.asarray(image)
             self._tb.add_image(
                 tag, image if image.ndim == 3 else image[..., None], step, dataformats="HWC"
             )
 
     def audio(self, step: int, tag: str, wave: np.ndarray, sample_rate: int):
-        if self.enabled:
+        if self._tb_ok():
             self._tb.add_audio(tag, np.clip(np.asarray(wave, np.float32), -1, 1), step, sample_rate)
 
     def text(self, step: int, tag: str, text: str):
-        if self.enabled:
+        if self._tb_ok():
             self._tb.add_text(tag, text, step)
 
     def flush(self):
-        if self.enabled:
+        if self._tb_ok():
             self._tb.flush()
 
     def close(self):
-        if self.enabled:
-            self._tb.close()
+        """Closes the files; a failing final flush (a full disk) is one warning line.
+
+        Otherwise tensorboardX would retry that flush at exit and print tracebacks.
+        """
+        if not self.enabled:
+            return
+        if self._tb_ok():
+            try:
+                self._tb.close()
+            except OSError as e:
+                with contextlib.suppress(Exception):
+                    for fw in list((getattr(self._tb, "all_writers", None) or {}).values()):
+                        worker = fw.event_writer._worker
+                        if worker is not None and worker.is_alive():
+                            worker.stop()
+                self._stop_tb(f"final flush: {e.strerror}")
+        if threading.excepthook == self._thread_hook:
+            threading.excepthook = self._previous_hook
+        try:
             self._jsonl.close()
+        except OSError as e:
+            logging.warning("metrics.jsonl in %s not all written (%s)", self.workdir, e)
 
 
 class Progress:
