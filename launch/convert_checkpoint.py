@@ -51,11 +51,11 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from avjax.checkpoints import save_imported
 from avjax.convert import torch_io
 from avjax.convert.specvqgan import vqgan_from_torch
 from avjax.convert.vggishish import lpaps_from_torch, vggishish_from_torch
 from avjax.errors import UserError
-from avjax.train.checkpoint import save_imported
 from avjax.train.tasks import common as task_common
 from avjax.train.tasks.vqgan import model_from_config
 from configs import specvqgan_vas, specvqgan_vggsound, vggishish_vggsound

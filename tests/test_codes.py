@@ -7,9 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from avjax.checkpoints import save_imported
 from avjax.models.specvqgan import permuter
 from avjax.models.specvqgan.codec import Codec
-from avjax.train.checkpoint import save_imported
 from avjax.train.tasks.vqgan import model_from_config
 from configs import specvqgan_vggsound
 from data_pipelines import codes as codes_lib

@@ -13,7 +13,7 @@ import torchfiles
 from test_convert_vqgan import random_state_dict, torch_disc_shapes, torch_vqgan_shapes
 
 from avjax.convert.specvqgan import vqgan_from_torch
-from avjax.train.checkpoint import restore_params
+from avjax.runs import load_run
 from avjax.train.tasks.vqgan import model_from_config
 from configs import specvqgan_transformer_vggsound, specvqgan_vggsound, vggishish_vggsound
 
@@ -85,7 +85,7 @@ def test_codebook_import_then_codec(tmp_path):
     run_convert_cli("codebook", tmp_path / "official.npz", out, "specvqgan_vggsound.py:tiny")
 
     expect = vqgan_from_torch(sd, model_from_config(m))
-    got = restore_params(out)
+    got = load_run(out).params
     for a, b in zip(jax.tree.leaves(expect["ae"]), jax.tree.leaves(got["ae"])):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(expect["disc"]["params"]), jax.tree.leaves(got["disc"])):
@@ -138,7 +138,7 @@ def test_lightning_codebook_ckpt_converts(tmp_path):
     )
     assert stdout.startswith(f"wrote {out} (codebook, ")
     expect = vqgan_from_torch(sd, model_from_config(specvqgan_vggsound.get_config("tiny").model))
-    got = restore_params(out)
+    got = load_run(out).params
     assert_trees_equal(expect["ae"], got["ae"])
     assert_trees_equal(expect["disc"]["params"], got["disc"])
 
@@ -160,7 +160,7 @@ def test_vggishish_pt_with_numpy_metrics_converts(tmp_path):
         torchfiles.save_zip(obj, tmp_path / "vggishish16.pt")
     out = tmp_path / "vggishish"
     run_convert_cli("vggishish", tmp_path / "vggishish16.pt", out, "vggishish_vggsound.py:tiny")
-    assert_trees_equal(vggishish_from_torch(sd, **arch), restore_params(out))
+    assert_trees_equal(vggishish_from_torch(sd, **arch), load_run(out).params)
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +199,10 @@ def test_transformer_ckpt_gives_transformer_and_codebook_runs(transformer_ckpt, 
     config = json.loads((out / "config.json").read_text())
     assert config["codebook"]["workdir"] == str(cb_out)
     t_config = specvqgan_transformer_vggsound.get_config("tiny")
-    assert_trees_equal(transformer_from_torch(sd, t_config)["params"], restore_params(out))
+    assert_trees_equal(transformer_from_torch(sd, t_config)["params"], load_run(out).params)
     m = specvqgan_vggsound.get_config("tiny").model
     assert_trees_equal(
-        vqgan_from_torch(codebook, model_from_config(m))["ae"], restore_params(cb_out)["ae"]
+        vqgan_from_torch(codebook, model_from_config(m))["ae"], load_run(cb_out).params["ae"]
     )
 
 
@@ -212,7 +212,7 @@ def test_codebook_out_of_a_transformer_ckpt(transformer_ckpt, tmp_path):
     stdout = run_convert_cli("codebook", path, out, "specvqgan_vggsound.py:tiny")
     assert stdout.startswith(f"wrote {out} (codebook from first_stage_model.*, ")
     m = specvqgan_vggsound.get_config("tiny").model
-    got = restore_params(out)
+    got = load_run(out).params
     assert_trees_equal(vqgan_from_torch(codebook, model_from_config(m))["ae"], got["ae"])
     assert "disc" not in got
 

@@ -22,6 +22,7 @@ import pytest
 import torchfiles
 from test_convert_cli import run_convert_cli
 
+from avjax import checkpoints
 from avjax.convert import torch_io
 from avjax.convert.sound2sight import sound2sight_from_torch, sound2sight_run_state
 from avjax.train import checkpoint as ckpt_lib
@@ -531,7 +532,7 @@ def test_cli_npz_run_dir_evaluates_and_resumes(converted, tmp_path):
     # What launch/train.py does on a workdir with a checkpoint: restore state + iterator.
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(c.seed))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = ckpt_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
+    target = checkpoints.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
     data_iter = iter(grain.MapDataset.range(4).to_iter_dataset())
     ckpt = ckpt_lib.Checkpointer(out / "checkpoints", every=10, keep=3, async_save=False)
     state, step = ckpt.restore_latest(target, data_iter)

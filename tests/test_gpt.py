@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from avjax.checkpoints import save_imported
 from avjax.convert.gpt import transformer_from_torch
 from avjax.models.specvqgan import sampling
 from avjax.models.specvqgan.gpt import GPT, decay_mask
-from avjax.train.checkpoint import save_imported
 from configs import specvqgan_transformer_vas, specvqgan_transformer_vggsound
 
 V, TC, D = 32, 6, 12

@@ -376,7 +376,7 @@ def test_tiny_melception_trains_and_scores(tmp_path):
 def test_imported_checkpoint_scores_through_workdir(tmp_path):
     """converter -> `save_imported` (what `convert_checkpoint.py --kind melception` does) ->
     `MelceptionScorer.from_path`, with the official stats table from the config."""
-    from avjax.train.checkpoint import save_imported
+    from avjax.checkpoints import save_imported
 
     c = melception_vggsound.get_config("tiny")
     table = np.stack([np.full(80, 0.4), np.full(80, 0.2)], axis=1)

@@ -10,10 +10,11 @@ import pytest
 from avjax.audio import io as audio_io
 from avjax.audio import mel as mel_lib
 from avjax.audio.vocoder import GriffinLimVocoder, MelGANVocoder, load_vocoder
+from avjax.checkpoints import save_imported
 from avjax.convert.melgan import PAPER, melgan_from_torch
 from avjax.models.specvqgan import melgan
+from avjax.runs import load_run
 from avjax.train import loop
-from avjax.train.checkpoint import restore_params, save_imported
 from avjax.train.tasks import make_task
 from configs import melgan_vggsound
 from data_pipelines import wave_inputs
@@ -464,7 +465,7 @@ def test_tiny_training_run(tiny_run):
         rtol=1e-5,
     )
     assert 0.0 < last["train/mel_l1"] < 1.0 and 0.0 < last["eval/mel_l1"] < 1.0
-    params = restore_params(work)
+    params = load_run(work).params
     assert set(params) == {"generator", "discriminator"}
     wav = work / "samples" / "2" / "0_vocoded.wav"
     assert wav.is_file() and (work / "samples" / "0_real.wav").is_file()

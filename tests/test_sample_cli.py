@@ -24,9 +24,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from avjax.checkpoints import save_imported
 from avjax.errors import UserError
 from avjax.train import loop
-from avjax.train.checkpoint import save_imported
 from avjax.train.tasks import make_task
 from avjax.train.tasks.vqgan import model_from_config
 from configs import melception_vggsound, specvqgan_transformer_vggsound, specvqgan_vggsound

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
+from avjax import checkpoints
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
 from avjax.train import loop
@@ -90,7 +91,7 @@ def _files(d: pathlib.Path) -> dict:
 
 
 def _params(workdir, step=None):
-    return np.asarray(ckpt_lib.restore_state(workdir, step)["params"]["w"])
+    return np.asarray(checkpoints.restore_state(workdir, step)[0]["params"]["w"])
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_damaged_latest_step_is_moved_aside_and_replaced(tmp_path, reference, wa
     # Inference falls back the same way, read-only: nothing is renamed.
     _damage(ckpts / "8")
     warnings_seen.clear()
-    state = ckpt_lib.restore_state(work)
+    state, _ = checkpoints.restore_state(work)
     assert int(state["step"]) == 6
     assert len(warnings_seen) == 1, warnings_seen  # one line, no Orbax noise
     assert "step(s) 8 (" in warnings_seen[0] and warnings_seen[0].endswith("using step 6")
@@ -252,7 +253,7 @@ def test_full_disk_reported_next_step_and_tmp_removed(tmp_path):
         assert msg.startswith(f"{work.absolute()}/checkpoints: no space left on device while")
         assert msg.endswith("earlier checkpoints kept (steps [2])") and "\n" not in msg
         assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["2"]
-        assert int(ckpt_lib.restore_state(work)["step"]) == 2
+        assert int(checkpoints.restore_state(work)[0]["step"]) == 2
     finally:
         subprocess.run(["umount", "-l", str(disk)])
 

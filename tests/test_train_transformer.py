@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
+from avjax.runs import load_run
 from avjax.train import loop
 from avjax.train import sharding as shd
-from avjax.train.checkpoint import restore_params
 from avjax.train.tasks import make_task
 from avjax.train.tasks.transformer import TransformerTask
 from configs import specvqgan_transformer_vggsound
@@ -83,7 +83,7 @@ def test_tiny_run_learns_resumes_and_writes_samples(tmp_path):
     c2 = tiny_config(num_steps=14, log_every=1, eval_every=0, sample_every=0)
     train_iter, _ = _iterators(c2)
     assert loop.train(c2, tmp_path / "run", _task(c2), train_iter)["step"] == 14
-    params = restore_params(tmp_path / "run")
+    params = load_run(tmp_path / "run").params
     assert params["pos_emb"].shape == (c.model.block_size, c.model.n_embd)
 
 

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from avjax.runs import load_run
 from avjax.train import loop
 from avjax.train import sharding as shd
-from avjax.train.checkpoint import restore_params, restore_state
 from avjax.train.tasks import make_task
 from avjax.train.tasks.vqgan import VQGANTask
 from configs import specvqgan_vggsound
@@ -144,7 +144,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     full = _train(tmp_path / "full", 4)
     _train(tmp_path / "split", 2)
     resumed = _train(tmp_path / "split", 4)
-    a, b = restore_params(tmp_path / "full"), restore_params(tmp_path / "split")
+    a, b = load_run(tmp_path / "full").params, load_run(tmp_path / "split").params
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
     assert resumed["train/total_loss"] == full["train/total_loss"]
@@ -165,7 +165,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
     # and the retrained step 4 replaced the damaged one, which was moved aside.
     assert last["step"] == 4 and last["train/total_loss"] == full["train/total_loss"]
     assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4", "4.damaged"]
-    assert int(restore_state(tmp_path / "run")["step"]) == 4
+    assert int(load_run(tmp_path / "run").state["step"]) == 4
 
 
 def _cli(*args, env=None, **kw):
@@ -226,7 +226,7 @@ def test_cli_train_kill_resume_and_codec(tmp_path, vas_samples):
         "--config.train.checkpoint_every=4",
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
-    for x, y in zip(jax.tree.leaves(restore_params(work)), jax.tree.leaves(restore_params(ref))):
+    for x, y in zip(jax.tree.leaves(load_run(work).params), jax.tree.leaves(load_run(ref).params)):
         np.testing.assert_array_equal(x, y)
     assert (work / "tensorboard").is_dir() and (work / "config.json").is_file()
     assert list((work / "samples").glob("*/0_input_vs_reconstruction.png"))

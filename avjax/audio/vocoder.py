@@ -8,7 +8,6 @@ imported with `launch/convert_checkpoint.py --kind melgan`).
 from __future__ import annotations
 
 import abc
-import json
 import pathlib
 
 import jax
@@ -17,6 +16,7 @@ import numpy as np
 
 from avjax.audio import griffin_lim
 from avjax.audio import mel as mel_lib
+from avjax.errors import UserError
 
 
 class Vocoder(abc.ABC):
@@ -103,22 +103,15 @@ class MelGANVocoder(Vocoder):
 
         path = pathlib.Path(path)
         if path.is_dir():
-            from avjax.train.checkpoint import restore_params
+            from avjax.runs import load_run
 
-            cfg_path = path / "config.json"
-            if not cfg_path.is_file():
-                raise FileNotFoundError(
-                    f"{cfg_path} not found: the vocoder path must be a MelGAN run directory "
-                    "(launch/train.py with configs/melgan_vggsound.py, or launch/"
-                    "convert_checkpoint.py --kind melgan) or an official generator .pt/.npz"
-                )
-            config = json.loads(cfg_path.read_text())
-            if config.get("task") != "melgan":
-                raise ValueError(f"{path} is a {config.get('task')!r} run, not a 'melgan' run")
-            params = restore_params(path)
-            if "generator" not in params:
-                raise ValueError(f"{path}: checkpoint has no generator params")
-            return cls(melgan.generator_from_config(config["model"]), params["generator"], dtype)
+            # A MelGAN run: launch/train.py with configs/melgan_vggsound.py, or
+            # launch/convert_checkpoint.py --kind melgan.
+            run = load_run(path, "melgan")
+            if "generator" not in run.params:
+                raise UserError(f"{path}: checkpoint has no generator params")
+            gen = melgan.generator_from_config(run.config.model)
+            return cls(gen, run.params["generator"], dtype)
         if path.suffix in (".pt", ".pth", ".ckpt", ".npz"):
             from avjax.convert import torch_io
             from avjax.convert.melgan import PAPER, melgan_from_torch

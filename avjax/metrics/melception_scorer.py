@@ -13,7 +13,6 @@ cropped to 848 frames when longer (860 -> columns 6..853), as the official evalu
 from __future__ import annotations
 
 import functools
-import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -22,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from avjax.convert.melception import load_official_mel_stats, melception_model
+from avjax.errors import UserError
 from avjax.models.specvqgan.melception import FEATURE_NAMES, Melception
-from avjax.train.checkpoint import restore_state
+from avjax.runs import load_run, read_config
 
 DEFAULT_FEATURES = ("2048", "logits", "logits_unbiased")
 CROP_FRAMES = 848
@@ -87,16 +87,13 @@ class MelceptionScorer:
         """
         path = pathlib.Path(path)
         if path.is_dir():
-            cfg_file = path / "config.json"
-            if not cfg_file.is_file():
-                raise FileNotFoundError(f"{path}: no config.json; is it an avjax workdir?")
-            config = json.loads(cfg_file.read_text())
-            model_cfg = config.get("model", {})
+            config = read_config(path, "classifier")
+            model_cfg = config.model.to_dict()
             if model_cfg.get("arch") != "melception":
-                raise ValueError(
+                raise UserError(
                     f"{path}: config.model.arch is {model_cfg.get('arch')!r}, not 'melception'"
                 )
-            state = restore_state(path)
+            state = load_run(path).state
             if "batch_stats" not in state:
                 raise ValueError(f"{path}: the checkpoint has no batch_stats (BatchNorm)")
             stats = _as_stats(mel_stats) if mel_stats is not None else state.get("mel_stats")

@@ -25,12 +25,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from avjax.checkpoints import first_line
 from avjax.errors import UserError
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
 def _find_errno(e: BaseException | None, code: int) -> OSError | None:
@@ -231,7 +227,7 @@ class Checkpointer:
                 f"{self.directory}: no space left on device while saving step {step}; {kept}"
             ) from e
         raise RuntimeError(
-            f"saving step {step} to {self.directory} failed ({_first_line(e)}); {kept}"
+            f"saving step {step} to {self.directory} failed ({first_line(e)}); {kept}"
         ) from e
 
     def restore_latest(self, abstract_state, data_iter=None) -> tuple[Any, int] | None:
@@ -306,7 +302,7 @@ class Checkpointer:
         logging.warning(
             "checkpoint step %d is unreadable (%s); moved it aside to %s, using an older step",
             step,
-            _first_line(e),
+            first_line(e),
             dst,
         )
         return dst.name
@@ -335,78 +331,3 @@ class Checkpointer:
                 if previous is not None:
                     setattr(sys, name, previous)
             self._hooked = False
-
-
-def abstract_with_shardings(abstract_state, shardings):
-    """Attaches shardings to a pytree of ShapeDtypeStructs (restore targets)."""
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
-    )
-
-
-def restore_state(workdir: str | pathlib.Path, step: int | None = None) -> dict:
-    """The whole train state of a run's latest (or given) checkpoint on one local device.
-
-    Needs no target tree (it is read from the checkpoint's metadata), and restores a run
-    saved on any number of devices. Without `step`, an unreadable latest step is skipped
-    with a one-line warning and the next older one used, as training does; being
-    read-only, this never renames it (the next training run moves it aside).
-    """
-    directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoints/ folder in {workdir}: is it an avjax workdir?")
-    # A handler for the iterator item too, only so Orbax does not warn that it cannot read it.
-    handlers = {
-        "state": ocp.StandardCheckpointHandler(),
-        "data": grain.checkpoint.CheckpointHandler(),
-    }
-    # An explicit single-device target: runs saved on N devices restore on any machine.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
-        steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint steps in {directory}")
-        failures = []
-        for s in steps:
-            try:
-                target = jax.tree.map(
-                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                    manager.item_metadata(s)["state"],
-                )
-                args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
-                restored = manager.restore(s, args=args)
-            except Exception as e:
-                if step is not None:
-                    raise
-                failures.append(f"{s} ({_first_line(e)})")
-                continue
-            if failures:
-                logging.warning(
-                    "checkpoint step(s) %s in %s unreadable; using step %d",
-                    "; ".join(failures),
-                    directory,
-                    s,
-                )
-            return dict(restored["state"])
-    raise RuntimeError(f"no readable checkpoint in {directory}: {'; '.join(failures)}")
-
-
-def restore_params(workdir: str | pathlib.Path, step: int | None = None) -> dict:
-    """`params` of a run's latest (or given) checkpoint (see `restore_state`)."""
-    return restore_state(workdir, step)["params"]
-
-
-def save_imported(workdir: str | pathlib.Path, config_json: str, state: dict, step: int = 0):
-    """Writes imported weights as an avjax run (config.json + checkpoints/<step>/state).
-
-    The result serves inference (`launch/codec.py`, `launch/evaluate.py`) and
-    `restore_params`. Training resumes from it only when `state` is a whole task state
-    (`--kind sound2sight`); the data iterator then starts from the beginning.
-    """
-    workdir = pathlib.Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_json)
-    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
-        manager.wait_until_finished()
-    return workdir

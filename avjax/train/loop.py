@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from avjax.checkpoints import abstract_with_shardings
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
 from avjax.train import sharding as shd
@@ -297,9 +298,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
         workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints
     )
     try:
-        restored = ckpt.restore_latest(
-            ckpt_lib.abstract_with_shardings(abstract, state_sh), train_iter
-        )
+        restored = ckpt.restore_latest(abstract_with_shardings(abstract, state_sh), train_iter)
     except BaseException:
         ckpt.close()  # removes its log filter and excepthook
         raise

@@ -7,7 +7,6 @@ in jitted functions. A 10-second clip is 265 indices of log2(n_embed) bits each.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avjax.audio import mel as mel_lib
-from avjax.train.checkpoint import restore_params
+from avjax.runs import load_run
 
 
 @dataclasses.dataclass
@@ -40,20 +39,9 @@ class Codec:
     def from_workdir(cls, workdir: str | pathlib.Path) -> Codec:
         from avjax.train.tasks.vqgan import model_from_config
 
-        workdir = pathlib.Path(workdir)
-        cfg_path = workdir / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(
-                f"{cfg_path} not found: --workdir must be a codebook training run"
-            )
-        config = json.loads(cfg_path.read_text())
-        if config.get("task") != "vqgan":
-            raise ValueError(
-                f"{workdir} is a {config.get('task')!r} run, not a codebook ('vqgan') run"
-            )
-        params = restore_params(workdir)["ae"]
-        model = model_from_config(config["model"])
-        return cls(model, jax.tree.map(jnp.asarray, params), config["data"]["crop_frames"])
+        run = load_run(workdir, "vqgan")
+        model = model_from_config(run.config.model)
+        return cls(model, run.params["ae"], run.config.data.crop_frames)
 
     def crop(self, mel01: np.ndarray, frames: int | None = None) -> np.ndarray:
         """Centre-crops the time axis of [F, T] to `frames` (default 848 for 860-frame mels)."""

@@ -12,17 +12,17 @@ paper's 10 s (848 frames); more columns slide the window (`sampling.sample_long`
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avjax.errors import UserError
 from avjax.models.specvqgan import permuter, sampling
 from avjax.models.specvqgan.codec import Codec
 from avjax.models.specvqgan.gpt import GPT, model_from_config
-from avjax.train.checkpoint import restore_params
+from avjax.runs import load_run, read_config
 
 
 @dataclasses.dataclass
@@ -58,23 +58,16 @@ class Video2Sound:
           dtype: compute and weight dtype of the transformer (bfloat16 halves the bytes read
             per sampled token).
         """
-        workdir = pathlib.Path(transformer_workdir)
-        cfg_path = workdir / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(
-                f"{cfg_path} not found: the workdir must be a transformer training run"
-            )
-        config = json.loads(cfg_path.read_text())
-        if config.get("task") != "transformer":
-            raise ValueError(f"{workdir} is a {config.get('task')!r} run, not a 'transformer' run")
-        codebook_workdir = codebook_workdir or config.get("codebook", {}).get("workdir")
+        config = read_config(transformer_workdir, "transformer")
+        codebook_workdir = codebook_workdir or config.codebook.workdir
         if not codebook_workdir:
-            raise ValueError(
-                f"{cfg_path} names no codebook.workdir; pass codebook_workdir (--codebook_workdir)"
+            raise UserError(
+                f"{transformer_workdir}/config.json names no codebook.workdir; pass "
+                "codebook_workdir (--codebook_workdir)"
             )
         codec = Codec.from_workdir(codebook_workdir)
-        model = model_from_config(config["model"])
-        params = jax.tree.map(jnp.asarray, restore_params(workdir))
+        model = model_from_config(config.model)
+        params = load_run(transformer_workdir, "transformer").params
         if jnp.dtype(dtype) != jnp.float32:
             model, params = sampling.for_inference(model, params, jnp.dtype(dtype))
         grid = jax.eval_shape(

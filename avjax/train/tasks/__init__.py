@@ -15,9 +15,9 @@ def load_vggishish_backbone(path: str | pathlib.Path) -> dict:
     """
     path = pathlib.Path(path)
     if path.is_dir():
-        from avjax.train.checkpoint import restore_params
+        from avjax.runs import load_run
 
-        params = restore_params(path)
+        params = load_run(path).params
     elif path.suffix in (".pt", ".pth", ".ckpt"):
         from avjax.convert import torch_io
         from avjax.convert.vggishish import vggishish_from_torch
