@@ -25,6 +25,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from avjax import io_safety
 from avjax.audio import mel as mel_lib
 from data_pipelines import inputs as inputs_lib
 from data_pipelines import pipeline, spec_folders
@@ -53,7 +54,7 @@ def _audio_npy(mel_path: str) -> str:
 
 def _npy_shape(path: str) -> tuple[int, ...]:
     """The shape in a .npy header, without reading the data (thread-safe)."""
-    with open(path, "rb") as f, spec_folders._NPY_LOCK:  # literal_eval is not thread-safe
+    with open(path, "rb") as f, io_safety._NPY_LOCK:  # literal_eval is not thread-safe
         version = np.lib.format.read_magic(f)
         read = (
             np.lib.format.read_array_header_1_0
