@@ -33,7 +33,7 @@ __all__ = [
 # config.task -> its input pipeline (a new model family adds one line here).
 INPUTS: dict[str, Callable[[Any, ModelFns | None], Inputs]] = {
     "vqgan": spec_inputs.make_inputs,
-    "classifier": spec_inputs.make_inputs,
+    "classifier": spec_inputs.make_classifier_inputs,
     "transformer": codes_inputs.make_inputs,
     "melgan": wave_inputs.make_inputs,
     "sound2sight": video_inputs.make_inputs,

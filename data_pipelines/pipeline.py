@@ -1,4 +1,9 @@
-"""Grain input pipeline for SpecVQGAN codebook training: crop, scale to [-1, 1], shard, batch.
+"""The Grain dataset builder every input pipeline uses, and the spectrogram clips' transforms.
+
+`make_dataset(source, transforms, ...)` fixes the order below for any random-access source
+and list of per-example transforms (spectrogram crops here, code/feature examples in
+`codes_inputs`, clip windows in `video_inputs`); `make_spec_dataset` is its spectrogram form:
+crop, scale to [-1, 1], shard, batch.
 
 Train (`train=True`), with G = global_batch_size, P = process_count, B = G // P:
   source -> seeded global shuffle (a new permutation each epoch) -> repeat(num_epochs)

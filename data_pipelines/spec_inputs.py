@@ -1,8 +1,9 @@
 """Inputs of the spectrogram tasks (codebook `vqgan`, `classifier`): log-mel clips + statistics.
 
-`make_inputs(config)` opens the official VGGSound/VAS layout in `config.data.dir` (or the
-embedded synthetic clips for `:tiny` configs), computes the per-mel-bin statistics the models
-normalise with and builds the checkpointable Grain iterators (`pipeline.make_spec_iterator`).
+`make_inputs(config)` (and `make_classifier_inputs`, which also checks the labels) opens the
+official VGGSound/VAS layout in `config.data.dir` (or the embedded synthetic clips for `:tiny`
+configs), computes the per-mel-bin statistics the models normalise with and builds the
+checkpointable Grain iterators (`pipeline.make_spec_iterator`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from absl import logging
 from data_pipelines import base, pipeline, spec_folders
 from data_pipelines.errors import UserError
 
-__all__ = ["make_inputs", "mel_stats"]
+__all__ = ["make_classifier_inputs", "make_inputs", "mel_stats"]
 
 
 def mel_stats(source, num_examples: int, crop_frames: int) -> dict[str, np.ndarray]:
@@ -28,8 +29,18 @@ def mel_stats(source, num_examples: int, crop_frames: int) -> dict[str, np.ndarr
 
 
 def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
-    """Log-mel clips (official VGGSound/VAS layouts) for the codebook and classifiers."""
+    """Log-mel clips (official VGGSound/VAS layouts) for the codebook (`task='vqgan'`)."""
     del model_fns  # runs no model
+    return _make(config, check_labels=False)
+
+
+def make_classifier_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
+    """As `make_inputs`, for `task='classifier'`: the clips carry `num_classes` labels."""
+    del model_fns  # runs no model
+    return _make(config, check_labels=True)
+
+
+def _make(config, check_labels: bool) -> base.Inputs:
     d = config.data
     data_dir = base.resolve_data_dir(config)
     opener = lambda split: spec_folders.open_spec_source(
@@ -37,7 +48,7 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
     )
     train_src = opener(d.train_split)
     logging.info("train data: %s (%d clips) from %s", d.train_split, len(train_src), data_dir)
-    if config.task == "classifier":
+    if check_labels:
         num = len(train_src.class_names)
         if num == 0 or int(np.min(train_src.labels)) < 0:
             raise UserError(
