@@ -1,10 +1,10 @@
 """Codebook indices of a dataset, extracted once so the transformer never re-runs the encoder.
 
 `extract_codes` centre-crops every log-mel of a split to the codebook's `data.crop_frames` (848
-for the paper's codebooks: columns 6..853 of 860), encodes it with a trained
-codebook (`avjax.models.specvqgan.codec.Codec`, jitted, batched, batch sharded over the local
-devices) and stores the [5, 53] index maps as column-major sequences (`permuter.to_sequence`,
-position s = w * 5 + h), the transformer's token order:
+for the paper's codebooks: columns 6..853 of 860), encodes it with a trained codebook (an
+`Encoder` the caller passes: the library's `CodeEncoder` in models/specvqgan/code_encoder.py,
+jitted, batched, batch sharded over the local devices) and stores the [5, 53] index maps as
+column-major sequences (position s = w * 5 + h), the transformer's token order:
 
   CODES_DIR/codes.json        codebook workdir + step, grid [h, w], n_embed, crop, splits
   CODES_DIR/<split>.npy       int16 [N, h * w] column-major sequences (int32 past 32768 codes)
@@ -24,21 +24,19 @@ import os
 import pathlib
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from avjax.models.specvqgan import permuter
 from data_pipelines import pipeline, spec_folders
 from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = [
     "META",
+    "Encoder",
     "codebook_step",
     "codes_status",
     "default_codes_dir",
@@ -164,41 +162,19 @@ def extract_command(codebook_workdir, data_dir, out_dir=None, splits=None, layou
     return shlex.join(cmd)
 
 
-class _Encoder:
-    """Jitted batched encoder: [B, 80, T] mels in [0, 1] -> [B, h * w] column-major codes."""
+class Encoder(Protocol):
+    """What `extract_codes` needs of a codebook (the library's `CodeEncoder`).
 
-    def __init__(self, codebook_workdir, batch_size: int):
-        from avjax.models.specvqgan.codec import Codec
+    `make_encoder(codebook_workdir, batch_size)` builds one; calling it maps [B, 80, T] mels in
+    [0, 1] (B = its `batch_size` at most) to [B, h * w] column-major code sequences.
+    """
 
-        codec = Codec.from_workdir(codebook_workdir)
-        self.n_embed = codec.n_embed
-        self.crop_frames = codec.crop_frames
-        devices = jax.local_devices()
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
-        mesh = Mesh(np.asarray(devices), ("data",))
-        self.in_sharding = NamedSharding(mesh, PartitionSpec("data"))
-        self.params = jax.device_put(codec.params, NamedSharding(mesh, PartitionSpec()))
-        model = codec.model
+    n_embed: int
+    crop_frames: int
+    batch_size: int
 
-        def indices(params, mel01):  # [B, F, T] in [0, 1] -> [B, h, w] raster index maps
-            x = (2.0 * mel01 - 1.0)[..., None]
-            return model.apply({"params": params}, x, method="encode")[2]["indices"]
-
-        self._indices = indices
-        self._fn = jax.jit(lambda p, x: permuter.to_sequence(indices(p, x)))
-
-    def grid(self, num_mels: int, frames: int) -> tuple[int, int]:
-        """The [h, w] of the index map of a [num_mels, frames] spectrogram."""
-        x = jax.ShapeDtypeStruct((1, num_mels, frames), jnp.float32)
-        return tuple(jax.eval_shape(self._indices, self.params, x).shape[1:])
-
-    def __call__(self, mels: np.ndarray) -> np.ndarray:
-        n = len(mels)
-        pad = self.batch_size - n
-        if pad:
-            mels = np.concatenate([mels, np.zeros((pad, *mels.shape[1:]), mels.dtype)])
-        x = jax.device_put(mels, self.in_sharding)
-        return np.asarray(self._fn(self.params, x))[:n]
+    def grid(self, num_mels: int, frames: int) -> tuple[int, int]: ...
+    def __call__(self, mels: np.ndarray) -> np.ndarray: ...
 
 
 def extract_codes(
@@ -212,11 +188,14 @@ def extract_codes(
     batch_size: int = 16,
     crop_frames: int | None = None,
     read_threads: int = 8,
+    make_encoder: Callable[[pathlib.Path, int], Encoder],
 ) -> pathlib.Path:
     """Encodes every clip of `splits` with the codebook; writes the layout of the module doc.
 
     Args:
       codebook_workdir: a trained codebook run (`config.json` + `checkpoints/`).
+      make_encoder: `(codebook_workdir, batch_size) -> Encoder`, the jitted codebook encoder
+        (the library's `CodeEncoder`, models/specvqgan/code_encoder.py).
       data_dir: a VGGSound/VAS-layout folder (`spec_folders.open_spec_source`).
       splits: split names; each needs its split list.
       out_dir: where to write (default `default_codes_dir(data_dir, codebook_workdir)`).
@@ -234,7 +213,7 @@ def extract_codes(
     w = pathlib.Path(codebook_workdir).resolve()
     out = pathlib.Path(out_dir) if out_dir is not None else default_codes_dir(data_dir, w)
     step = codebook_step(w)
-    encoder = _Encoder(w, batch_size)
+    encoder = make_encoder(w, batch_size)
     crop_frames = crop_frames or encoder.crop_frames
     grid = encoder.grid(spec_folders.NUM_MELS, crop_frames)
     meta = _read_meta(out)

@@ -7,8 +7,8 @@
      mel paths and labels (VAS class folders, VGGSound `vggsound.csv`);
   2. finds the codes of `config.codebook.workdir` in `config.data.codes_dir` (default
      `codes.default_codes_dir(data_dir, codebook)`); missing or stale codes are extracted on
-     the spot in a single-process run (a multi-process run stops and prints the exact
-     `launch/extract_codes.py` command to run once beforehand);
+     the spot in a single-process run given `ModelFns.code_encoder` (otherwise it stops and
+     prints the exact `launch/extract_codes.py` command to run once beforehand);
   3. builds the Grain iterators with `pipeline.make_dataset` (seeded global shuffle,
      per-process slicing, global batches, checkpointable), reading each clip's feature files
      (`features.FeatureSpec`: pad/trim 215, crop 212, resample to `feat_sample_size`).
@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grain
 import jax
 import numpy as np
 from absl import logging
 
+from data_pipelines import base, pipeline, spec_folders, synthetic_audio
 from data_pipelines import codes as codes_lib
 from data_pipelines import features as feats_lib
-from data_pipelines import inputs as inputs_lib
-from data_pipelines import pipeline, spec_folders, synthetic_audio
 from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = ["CodesSource", "ensure_codes", "make_inputs", "open_codes_source"]
@@ -171,10 +170,6 @@ class _ToExampleRandom(grain.transforms.RandomMap):
         return {"codes": element["codes"], "label": element["label"], "feats": feats}
 
 
-def _float_mask(batch):
-    return {**batch, "mask": batch["mask"].astype(np.float32)}
-
-
 def make_dataset(
     source: CodesSource, *, global_batch_size: int, seed: int, train: bool, **kwargs
 ) -> grain.IterDataset:
@@ -184,20 +179,29 @@ def make_dataset(
         transform = _ToExampleRandom(spec)
     else:
         transform = _ToExample(spec, seed)
-    ds = pipeline.make_dataset(
+    return pipeline.make_dataset(
         source,
         transform,
         filler=None if train else source.filler(),
         global_batch_size=global_batch_size,
         seed=seed,
         train=train,
+        mask_dtype=np.float32,
         **kwargs,
     )
-    return ds if train else ds.map(_float_mask)
 
 
-def ensure_codes(config, data_dir: pathlib.Path, splits: Sequence[str]) -> pathlib.Path:
-    """The codes folder for `config`, extracting missing/stale splits (single process only)."""
+def ensure_codes(
+    config,
+    data_dir: pathlib.Path,
+    splits: Sequence[str],
+    make_encoder: Callable[[pathlib.Path, int], codes_lib.Encoder] | None = None,
+) -> pathlib.Path:
+    """The codes folder for `config`, extracting missing/stale splits.
+
+    Extraction needs `make_encoder` (`codes.extract_codes`) and a single process; otherwise
+    missing codes stop with the `launch/extract_codes.py` command to run once beforehand.
+    """
     d = config.data
     workdir = config.codebook.workdir
     if not workdir:
@@ -224,7 +228,7 @@ def ensure_codes(config, data_dir: pathlib.Path, splits: Sequence[str]) -> pathl
             todo.append(split)
     if todo:
         cmd = codes_lib.extract_command(workdir, data_dir, codes_dir, todo, d.layout)
-        if jax.process_count() > 1:
+        if jax.process_count() > 1 or make_encoder is None:
             raise MissingFileError(
                 f"no current codes for splits {todo} in {codes_dir}; extract them once before "
                 f"training:\n  {cmd}"
@@ -238,25 +242,30 @@ def ensure_codes(config, data_dir: pathlib.Path, splits: Sequence[str]) -> pathl
             layout=d.layout,
             labels_csv=d.get("labels_csv"),
             read_threads=d.read_threads,
+            make_encoder=make_encoder,
         )
     return codes_dir
 
 
 def resolve_data_dir(config) -> pathlib.Path:
     """`inputs.resolve_data_dir`, plus synthetic per-frame features for the embedded data."""
-    data_dir = inputs_lib.resolve_data_dir(config)
+    data_dir = base.resolve_data_dir(config)
     if not config.data.dir and config.data.synthetic and config.data.features != "none":
         synthetic_audio.add_synthetic_features(data_dir, config.data.features)
     return data_dir
 
 
-def make_inputs(config) -> inputs_lib.Inputs:
-    """Train iterator, eval iterator factory and class names for `task='transformer'`."""
+def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
+    """Train iterator, eval iterator factory and class names for `task='transformer'`.
+
+    `model_fns.code_encoder` extracts missing codes on first use (single process).
+    """
     d = config.data
     data_dir = resolve_data_dir(config)
     spec = feats_lib.FeatureSpec.from_config(config)
     splits = [d.train_split] + ([d.eval_split] if d.eval_split else [])
-    codes_dir = ensure_codes(config, data_dir, splits)
+    make_encoder = model_fns.code_encoder if model_fns is not None else None
+    codes_dir = ensure_codes(config, data_dir, splits, make_encoder)
     opener = lambda split: open_codes_source(
         data_dir, codes_dir, split, spec, d.layout, d.get("labels_csv")
     )
@@ -285,4 +294,4 @@ def make_inputs(config) -> inputs_lib.Inputs:
         eval_src = opener(d.eval_split)
         eval_iter_fn = lambda: iter(make_dataset(eval_src, seed=config.seed, train=False, **common))
     stats = {"codes_grid": np.asarray(codes_lib.load_codes(codes_dir, d.train_split)[2]["grid"])}
-    return inputs_lib.Inputs(train_iter, eval_iter_fn, stats, train_src.class_names, data_dir)
+    return base.Inputs(train_iter, eval_iter_fn, stats, train_src.class_names, data_dir)

@@ -1,4 +1,9 @@
-"""Grain input pipeline for SpecVQGAN codebook training: crop, scale to [-1, 1], shard, batch.
+"""The Grain dataset builder every input pipeline uses, and the spectrogram clips' transforms.
+
+`make_dataset(source, transforms, ...)` fixes the order below for any random-access source
+and list of per-example transforms (spectrogram crops here, code/feature examples in
+`codes_inputs`, clip windows in `video_inputs`); `make_spec_dataset` is its spectrogram form:
+crop, scale to [-1, 1], shard, batch.
 
 Train (`train=True`), with G = global_batch_size, P = process_count, B = G // P:
   source -> seeded global shuffle (a new permutation each epoch) -> repeat(num_epochs)
@@ -18,7 +23,7 @@ or in Orbax as `ocp.args.Composite(..., data=grain.checkpoint.CheckpointSave(it)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import grain
@@ -32,6 +37,7 @@ __all__ = [
     "make_dataset",
     "make_spec_dataset",
     "make_spec_iterator",
+    "process_layout",
 ]
 
 CENTRE = "centre"
@@ -113,16 +119,22 @@ class _PaddedEvalSource:
 
 
 class _KeepMask(grain.transforms.Map):
-    def __init__(self, transform: grain.transforms.Map):
-        self.transform = transform
+    """Eval: the deterministic transforms in order, then the source item's "mask" as `dtype`."""
+
+    def __init__(self, transforms: Sequence[grain.transforms.Map], dtype=np.bool_):
+        self.transforms = tuple(transforms)
+        self.dtype = dtype
 
     def map(self, element):
-        out = self.transform.map(element)
-        out["mask"] = np.bool_(element["mask"])
+        out = element
+        for t in self.transforms:
+            out = t.map(out)
+        out["mask"] = self.dtype(element["mask"])
         return out
 
 
-def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(process index, process count): the given values, default `jax.process_*()`, checked."""
     pi = jax.process_index() if process_index is None else int(process_index)
     pc = jax.process_count() if process_count is None else int(process_count)
     if pc < 1 or not 0 <= pi < pc:
@@ -188,9 +200,12 @@ def make_spec_dataset(
     )
 
 
+Transform = grain.transforms.Map | grain.transforms.RandomMap
+
+
 def make_dataset(
     source: _MelSource,
-    transform: grain.transforms.Map | grain.transforms.RandomMap,
+    transform: Transform | Sequence[Transform],
     *,
     filler: Mapping[str, Any] | None,
     global_batch_size: int,
@@ -201,20 +216,28 @@ def make_dataset(
     num_epochs: int | None = None,
     read_threads: int = 16,
     prefetch_buffer_size: int | None = None,
+    mask_dtype=np.bool_,
 ) -> grain.IterDataset:
-    """The order of `make_spec_dataset` for any source and per-example transform.
+    """The order of `make_spec_dataset` for any source and per-example transforms.
+
+    Every input pipeline builds its batches here (spectrograms, codes, video clips); a
+    pipeline that needs more per-example work (e.g. optical flow of a clip window) appends
+    a transform to the list.
 
     Args:
       source: random access, `source[i] -> dict` of numpy values.
-      transform: maps a source item to a model example (a `RandomMap` only when `train`).
+      transform: one transform or a sequence, applied in order, mapping a source item to a
+        model example (`RandomMap`s only when `train`; Grain seeds each per element).
       filler: eval only: the source-item form of a padding example (its "mask" is False).
+      mask_dtype: eval only: the dtype of "mask" (bool, or float32 1/0 for weighting).
       Other arguments: as `make_spec_dataset`.
 
     Returns:
-      `grain.IterDataset` of batched transformed examples (+ "mask": [B] bool when not
-      `train`), B = global_batch_size // process_count.
+      `grain.IterDataset` of batched transformed examples (+ "mask": [B] `mask_dtype` when
+      not `train`), B = global_batch_size // process_count.
     """
-    pi, pc = _process_layout(process_index, process_count)
+    transforms = list(transform) if isinstance(transform, Sequence) else [transform]
+    pi, pc = process_layout(process_index, process_count)
     if global_batch_size < 1 or global_batch_size % pc:
         raise ValueError(
             f"global_batch_size={global_batch_size} must be a positive multiple of "
@@ -226,10 +249,8 @@ def make_dataset(
         raise ValueError(f"{source!r} is empty")
     if train:
         ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
-        if isinstance(transform, grain.transforms.RandomMap):
-            ds = ds.random_map(transform)
-        else:
-            ds = ds.map(transform)
+        for t in transforms:
+            ds = ds.random_map(t) if isinstance(t, grain.transforms.RandomMap) else ds.map(t)
         if num_epochs is not None:
             ds = ds[: len(ds) // global_batch_size * global_batch_size]
             if len(ds) == 0:
@@ -238,11 +259,11 @@ def make_dataset(
                     f"(global_batch_size={global_batch_size})"
                 )
     else:
-        if filler is None or isinstance(transform, grain.transforms.RandomMap):
-            raise ValueError("eval datasets need a deterministic transform and a filler example")
+        if filler is None or any(isinstance(t, grain.transforms.RandomMap) for t in transforms):
+            raise ValueError("eval datasets need deterministic transforms and a filler example")
         padded = -(-n // global_batch_size) * global_batch_size
         ds = grain.MapDataset.source(_PaddedEvalSource(source, padded, filler))
-        ds = ds.map(_KeepMask(transform))
+        ds = ds.map(_KeepMask(transforms, mask_dtype))
     ds = ds[pi::pc]
     buffer = prefetch_buffer_size or max(2 * local_batch, read_threads)
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=buffer)

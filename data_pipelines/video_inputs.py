@@ -5,7 +5,8 @@
 (`config.data.synthetic` and no dir), a small M3SO-NB made once from scikit-learn's digits in
 `cache_dir()/m3so_nb_tiny_T<frames>`.
 
-Order, as `pipeline.make_spec_dataset` (G = global batch, P processes, B = G // P):
+Batches come from `pipeline.make_dataset`, the order of `pipeline.make_spec_dataset` (G =
+global batch, P processes, B = G // P):
   train: seeded global shuffle (new permutation per epoch), repeat forever, a seeded random
     window of T = n_past + n_future frames per clip (the whole clip when it has exactly T),
     `[process_index::P]`, batches of B;
@@ -22,14 +23,14 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Sequence
 
 import grain
 import numpy as np
 from absl import logging
 
-from data_pipelines import m3so, m3so_tfds, pipeline
-from data_pipelines.errors import MissingFileError, UserError
-from data_pipelines.inputs import Inputs, cache_dir
+from data_pipelines import base, m3so, m3so_tfds, pipeline
+from data_pipelines.errors import UserError
 
 __all__ = ["make_clip_dataset", "make_inputs", "synthetic_dir"]
 
@@ -37,56 +38,43 @@ TINY_TRAIN, TINY_TEST = 64, 16
 
 
 class _Window(grain.transforms.RandomMap):
-    """Random (train) window of `length` frames; `first=True` keeps the first frames instead."""
+    """Train: a random window of `length` consecutive frames (and their audio patches)."""
 
-    def __init__(self, length: int, first: bool = False):
+    def __init__(self, length: int):
         self.length = length
-        self.first = first
 
     def random_map(self, element, rng: np.random.Generator):
         total = element["frames"].shape[0]
-        start = 0 if self.first else int(rng.integers(0, total - self.length + 1))
-        end = start + self.length
-        out = {
-            "frames": element["frames"][start:end],
-            "audio": element["audio"][start:end],
-            "block": element["block"],
-        }
-        if "mask" in element:
-            out["mask"] = np.float32(element["mask"])
-        return out
+        return _slice(element, int(rng.integers(0, total - self.length + 1)), self.length)
 
 
 class _First(grain.transforms.Map):
+    """Eval: the first `length` frames."""
+
     def __init__(self, length: int):
-        self.window = _Window(length, first=True)
+        self.length = length
 
     def map(self, element):
-        return self.window.random_map(element, None)
+        return _slice(element, 0, self.length)
 
 
-class _PaddedClips:
-    """`source` padded with all-zero clips to `length`; items carry "mask"."""
+def _slice(element, start: int, length: int) -> dict:
+    end = start + length
+    return {
+        "frames": element["frames"][start:end],
+        "audio": element["audio"][start:end],
+        "block": element["block"],
+    }
 
-    def __init__(self, source, length: int):
-        self.source, self.length = source, length
 
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int):
-        if index < len(self.source):
-            return {**self.source[index], "mask": 1.0}
-        T = self.source.num_frames
-        return {
-            "frames": np.zeros((T, *self.source.frame_shape), np.uint8),
-            "audio": np.zeros((T, *self.source.audio_shape), np.float32),
-            "block": np.zeros((4,), np.int32),
-            "mask": 0.0,
-        }
-
-    def __repr__(self) -> str:
-        return f"_PaddedClips({self.source!r}, length={self.length})"
+def _filler(source: m3so_tfds.ClipSource) -> dict:
+    """The all-zero clip that pads the last eval batch."""
+    T = source.num_frames
+    return {
+        "frames": np.zeros((T, *source.frame_shape), np.uint8),
+        "audio": np.zeros((T, *source.audio_shape), np.float32),
+        "block": np.zeros((4,), np.int32),
+    }
 
 
 def make_clip_dataset(
@@ -99,9 +87,14 @@ def make_clip_dataset(
     read_threads: int = 4,
     process_index: int | None = None,
     process_count: int | None = None,
+    transforms: Sequence[grain.transforms.Map | grain.transforms.RandomMap] = (),
 ) -> grain.IterDataset:
-    """Batched process-local dataset of `num_frames`-frame windows (order in the module doc)."""
-    pi, pc = pipeline._process_layout(process_index, process_count)
+    """Batched process-local dataset of `num_frames`-frame windows (order in the module doc).
+
+    Built by `pipeline.make_dataset`; `transforms` run on each window after it is cut
+    (`RandomMap`s only when `train`), e.g. a model family's per-clip extras such as flow.
+    """
+    _, pc = pipeline.process_layout(process_index, process_count)
     if global_batch_size < 1 or global_batch_size % pc:
         raise UserError(
             f"config.data.global_batch_size={global_batch_size} must be a positive multiple "
@@ -111,16 +104,20 @@ def make_clip_dataset(
         raise UserError(f"{source!r} is empty")
     if source.num_frames < num_frames:
         raise UserError(f"{source!r}: clips have {source.num_frames} frames < {num_frames}")
-    local = global_batch_size // pc
-    if train:
-        ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-        ds = ds.random_map(_Window(num_frames))
-    else:
-        padded = -(-len(source) // global_batch_size) * global_batch_size
-        ds = grain.MapDataset.source(_PaddedClips(source, padded)).map(_First(num_frames))
-    ds = ds[pi::pc]
-    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * local, 4))
-    return ds.to_iter_dataset(read).batch(local, drop_remainder=True)
+    window = _Window(num_frames) if train else _First(num_frames)
+    return pipeline.make_dataset(
+        source,
+        [window, *transforms],
+        filler=None if train else _filler(source),
+        global_batch_size=global_batch_size,
+        seed=seed,
+        train=train,
+        process_index=process_index,
+        process_count=process_count,
+        read_threads=read_threads,
+        prefetch_buffer_size=max(2 * (global_batch_size // pc), 4),
+        mask_dtype=np.float32,
+    )
 
 
 def synthetic_dir(num_frames: int = 30, block: bool = False, kind: str = "m3so") -> pathlib.Path:
@@ -134,7 +131,7 @@ def synthetic_dir(num_frames: int = 30, block: bool = False, kind: str = "m3so")
         name = f"frames_tiny_T{num_frames}"
     else:
         name = f"m3so{'' if block else '_nb'}_tiny_T{num_frames}"
-    out = cache_dir() / name
+    out = base.cache_dir() / name
     if any(out.glob("avjax_*/*/dataset_info.json")):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -213,24 +210,20 @@ def _write_tiny_frames(out: pathlib.Path, num_frames: int):
     m3so_tfds.prepare(builder)
 
 
-def _resolve(config) -> pathlib.Path:
+_HINT = (
+    "config.data.dir is not set: pass --config.data.dir=DIR made by "
+    "`python launch/make_m3so.py --out DIR` (M3SO) or `python launch/preprocess.py "
+    "--target sound2sight --videos V --out DIR` (real clips), or use the ':tiny' variant"
+)
+
+
+def _synthetic(config) -> pathlib.Path:
     d = config.data
-    if d.get("dir"):
-        path = pathlib.Path(d.dir).expanduser()
-        if not path.is_dir():
-            raise MissingFileError(f"config.data.dir: {path} is not a directory")
-        return path
-    if d.get("synthetic"):
-        kind = d.get("kind", "m3so")
-        if kind not in ("m3so", "frames"):
-            raise UserError(f"config.data.kind={kind!r}: expected 'm3so' or 'frames'")
-        need = d.n_past + max(d.n_future, d.get("n_eval", 0))
-        return synthetic_dir(max(30, need), block=bool(d.get("block", False)), kind=kind)
-    raise UserError(
-        "config.data.dir is not set: pass --config.data.dir=DIR made by "
-        "`python launch/make_m3so.py --out DIR` (M3SO) or `python launch/preprocess.py "
-        "--target sound2sight --videos V --out DIR` (real clips), or use the ':tiny' variant"
-    )
+    kind = d.get("kind", "m3so")
+    if kind not in ("m3so", "frames"):
+        raise UserError(f"config.data.kind={kind!r}: expected 'm3so' or 'frames'")
+    need = d.n_past + max(d.n_future, d.get("n_eval", 0))
+    return synthetic_dir(max(30, need), block=bool(d.get("block", False)), kind=kind)
 
 
 def _check(source: m3so_tfds.ClipSource, config, length: int, what: str):
@@ -257,10 +250,11 @@ def _check(source: m3so_tfds.ClipSource, config, length: int, what: str):
         )
 
 
-def make_inputs(config) -> Inputs:
+def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
     """Train iterator, eval iterator factory and (empty) stats for `config.task='sound2sight'`."""
+    del model_fns  # runs no model
     d = config.data
-    data_dir = _resolve(config)
+    data_dir = base.resolve_data_dir(config, lambda: _synthetic(config), _HINT)
     train_len = d.n_past + d.n_future
     eval_len = d.n_past + d.get("n_eval", d.n_future)
     train_split = d.get("train_split", "train")
@@ -281,4 +275,4 @@ def make_inputs(config) -> Inputs:
             )
         )
     class_names = tuple(train_src.metadata.get("class_names", ()))
-    return Inputs(iter(train_ds), eval_iter_fn, {}, class_names, data_dir)
+    return base.Inputs(iter(train_ds), eval_iter_fn, {}, class_names, data_dir)

@@ -25,9 +25,9 @@ import grain
 import numpy as np
 from absl import logging
 
+from avjax import io_safety
 from avjax.audio import mel as mel_lib
-from data_pipelines import inputs as inputs_lib
-from data_pipelines import pipeline, spec_folders
+from data_pipelines import base, pipeline, spec_folders
 from data_pipelines.errors import MissingFileError, UserError
 
 MEDIA_EXTS = (".wav", ".flac", ".mp4", ".mkv", ".webm", ".avi", ".mov", ".mp3", ".m4a", ".ogg")
@@ -53,7 +53,7 @@ def _audio_npy(mel_path: str) -> str:
 
 def _npy_shape(path: str) -> tuple[int, ...]:
     """The shape in a .npy header, without reading the data (thread-safe)."""
-    with open(path, "rb") as f, spec_folders._NPY_LOCK:  # literal_eval is not thread-safe
+    with open(path, "rb") as f, io_safety._NPY_LOCK:  # literal_eval is not thread-safe
         version = np.lib.format.read_magic(f)
         read = (
             np.lib.format.read_array_header_1_0
@@ -290,10 +290,11 @@ def sample_clips(source: WaveSource, num: int, spec: mel_lib.MelSpec = mel_lib.D
     }
 
 
-def make_inputs(config) -> inputs_lib.Inputs:
+def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
     """Train iterator, eval iterator factory and sample clips for `config.task='melgan'`."""
+    del model_fns  # runs no model
     d = config.data
-    data_dir = inputs_lib.resolve_data_dir(config)
+    data_dir = base.resolve_data_dir(config)
     spec = WaveSpec(
         sample_rate=d.sample_rate,
         hop_length=d.hop_length,
@@ -322,4 +323,4 @@ def make_inputs(config) -> inputs_lib.Inputs:
         eval_iter_fn = lambda: iter(make_wave_dataset(eval_src, train=False, **common))
         if d.num_sample_clips:
             stats = sample_clips(eval_src, min(d.num_sample_clips, len(eval_src)))
-    return inputs_lib.Inputs(train_iter, eval_iter_fn, stats, (), data_dir)
+    return base.Inputs(train_iter, eval_iter_fn, stats, (), data_dir)

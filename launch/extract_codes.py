@@ -18,6 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from absl import flags
 
 from avjax.errors import UserError
+from avjax.models.specvqgan.code_encoder import CodeEncoder
 from data_pipelines import codes, spec_folders
 from launch import common
 
@@ -92,6 +93,7 @@ def main(argv):
         labels_csv=FLAGS.labels_csv,
         batch_size=FLAGS.batch_size,
         crop_frames=FLAGS.crop_frames,
+        make_encoder=CodeEncoder,
     )
     print(f"codes of {', '.join(splits)} written to {out}")
 

@@ -145,9 +145,11 @@ def main(argv):
         print(line)
     failed = len(summary.failed)
     if _RESNET50.value:
+        from avjax.models.resnet_features import resnet50_extractor
         from data_pipelines import visual_features
 
-        feats = visual_features.resnet50_features_folder(_VIDEOS.value, _OUT.value, _RESNET50.value)
+        extract = resnet50_extractor(_RESNET50.value)  # missing or unreadable weights fail here
+        feats = visual_features.features_folder(_VIDEOS.value, _OUT.value, extract)
         print(shown(f"resnet50 features: {feats}"))
         failed += len(feats.failed)
     if failed:

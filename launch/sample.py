@@ -118,7 +118,7 @@ def read_streams(spec) -> list[np.ndarray] | None:
             "a torchvision ImageNet resnet50 state dict (.pth needs the torch extra; an .npz of "
             "the same keys works without), or give --features"
         )
-    from data_pipelines.visual_features import resnet50_features
+    from avjax.models.resnet_features import resnet50_features
 
     # As the official demo (`LeftmostCropOrTile`): a short clip's frames repeat from its start.
     x = resnet50_features(FLAGS.video, FLAGS.resnet50_weights, FPS)

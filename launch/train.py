@@ -21,10 +21,11 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
+from avjax.models.specvqgan.code_encoder import CodeEncoder
 from avjax.train import loop
 from avjax.train.tasks import make_task
 from avjax.train.validate import check_config
-from data_pipelines.inputs import make_inputs
+from data_pipelines.inputs import ModelFns, make_inputs
 from launch import common
 
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
@@ -44,7 +45,7 @@ def main(argv):
     workdir = pathlib.Path(FLAGS.workdir or common.default_workdir(sys.argv))
     check_config(config, jax.device_count(), jax.process_count())  # before any data or compile
     loop.check_workdir(config, workdir, FLAGS.allow_config_change)  # before any work
-    inputs = make_inputs(config)
+    inputs = make_inputs(config, ModelFns(code_encoder=CodeEncoder))  # codes on first use
     task = make_task(config, inputs.stats)
     try:
         last = loop.train(

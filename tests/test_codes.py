@@ -9,14 +9,16 @@ import pytest
 
 from avjax.checkpoints import save_imported
 from avjax.models.specvqgan import permuter
+from avjax.models.specvqgan.code_encoder import CodeEncoder
 from avjax.models.specvqgan.codec import Codec
 from avjax.train.tasks.vqgan import model_from_config
 from configs import specvqgan_vggsound
+from data_pipelines import base, pipeline, spec_folders, synthetic_audio
 from data_pipelines import codes as codes_lib
 from data_pipelines import inputs as inputs_lib
-from data_pipelines import pipeline, spec_folders, synthetic_audio
 
 NUM = 4  # synthetic clips per split (a train batch of 8 repeats them)
+MODEL_FNS = base.ModelFns(code_encoder=CodeEncoder)  # what launch/train.py passes
 
 
 def tiny_codebook_config():
@@ -78,7 +80,9 @@ def transformer_config(codebook, features="resnet50", sample_size=5, **data):
 
 def test_extract_round_trip_column_major(codebook, cache, tmp_path):
     data = cache / "synthetic_specs"
-    out = codes_lib.extract_codes(codebook, data, ["train", "valid"], tmp_path / "c", batch_size=3)
+    out = codes_lib.extract_codes(
+        codebook, data, ["train", "valid"], tmp_path / "c", batch_size=3, make_encoder=CodeEncoder
+    )
     meta = json.loads((out / codes_lib.META).read_text())
     assert meta["grid"] == [5, 53] and meta["codebook_step"] == 0 and meta["n_embed"] == 32
     assert meta["order"] == "column_major" and meta["splits"]["valid"]["num"] == NUM
@@ -104,7 +108,7 @@ def test_stale_codes_are_detected(codebook, tmp_path, cache):
     run = tmp_path / "cb"
     state = {"params": {"ae": jax.tree.map(np.asarray, Codec.from_workdir(codebook).params)}}
     save_imported(run, (codebook / "config.json").read_text(), state, step=0)
-    out = codes_lib.extract_codes(run, data, ["valid"], tmp_path / "c")
+    out = codes_lib.extract_codes(run, data, ["valid"], tmp_path / "c", make_encoder=CodeEncoder)
     assert codes_lib.codes_status(out, run, "valid") is None
     save_imported(run, (codebook / "config.json").read_text(), state, step=10)
     assert "step 0, not of" in codes_lib.codes_status(out, run, "valid")
@@ -115,14 +119,14 @@ def test_stale_codes_are_detected(codebook, tmp_path, cache):
 @pytest.fixture
 def synthetic_env(cache, monkeypatch):
     monkeypatch.setenv("AVJAX_CACHE", str(cache))
-    monkeypatch.setattr(inputs_lib, "SYNTHETIC_NUM_TRAIN", NUM)
-    monkeypatch.setattr(inputs_lib, "SYNTHETIC_NUM_VALID", NUM)
+    monkeypatch.setattr(base, "SYNTHETIC_NUM_TRAIN", NUM)
+    monkeypatch.setattr(base, "SYNTHETIC_NUM_VALID", NUM)
     return cache / "synthetic_specs"
 
 
 def test_make_inputs_synthetic_batches_and_resume(codebook, synthetic_env):
     config = transformer_config(codebook)
-    inputs = inputs_lib.make_inputs(config)  # extracts the codes on first use
+    inputs = inputs_lib.make_inputs(config, MODEL_FNS)  # extracts the codes on first use
     codes_dir = codes_lib.default_codes_dir(synthetic_env, codebook)
     assert (codes_dir / "train.npy").is_file() and inputs.class_names == tuple(
         sorted(synthetic_audio.CLASSES)
@@ -146,32 +150,35 @@ def test_make_inputs_synthetic_batches_and_resume(codebook, synthetic_env):
     assert len(ev) == 1 and ev[0]["mask"].dtype == np.float32 and ev[0]["mask"].sum() == NUM
     # Codes are reused: a second make_inputs does not re-extract (same mtime).
     mtime = (codes_dir / "train.npy").stat().st_mtime_ns
-    inputs_lib.make_inputs(config)
+    inputs_lib.make_inputs(config, MODEL_FNS)
     assert (codes_dir / "train.npy").stat().st_mtime_ns == mtime
 
 
 def test_no_feats_pipeline(codebook, synthetic_env):
     config = transformer_config(codebook, features="none", sample_size=1)
-    inputs = inputs_lib.make_inputs(config)
+    inputs = inputs_lib.make_inputs(config, MODEL_FNS)
     a, b = next(inputs.train_iter), next(inputs.train_iter)
     assert a["feats"].shape == (8, 1, 2048) and a["feats"].min() >= 0 and a["feats"].max() < 1
     assert not np.array_equal(a["feats"], b["feats"])
     e1, e2 = next(inputs.eval_iter_fn()), next(inputs.eval_iter_fn())
     np.testing.assert_array_equal(e1["feats"], e2["feats"])  # fixed per clip in eval
-    again = inputs_lib.make_inputs(config)
+    again = inputs_lib.make_inputs(config, MODEL_FNS)
     np.testing.assert_array_equal(next(again.train_iter)["feats"], a["feats"])  # seeded
 
 
 def test_inputs_errors(codebook, synthetic_env, monkeypatch, tmp_path):
     config = transformer_config(codebook, codes_dir=str(tmp_path / "none_yet"))
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    # Without the library's encoder the pipeline cannot extract: it names the command.
     with pytest.raises(FileNotFoundError, match=r"launch/extract_codes\.py --codebook_workdir="):
         inputs_lib.make_inputs(config)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(FileNotFoundError, match=r"launch/extract_codes\.py --codebook_workdir="):
+        inputs_lib.make_inputs(config, MODEL_FNS)
     monkeypatch.undo()
     config = transformer_config(codebook)
     config.codebook.workdir = None
     with pytest.raises(ValueError, match=r"config\.codebook\.workdir is not set"):
-        inputs_lib.make_inputs(config)
+        inputs_lib.make_inputs(config, MODEL_FNS)
     config = transformer_config(codebook, features="bninception")
     config.data.dir = str(tmp_path / "copy")
     import shutil
@@ -179,4 +186,4 @@ def test_inputs_errors(codebook, synthetic_env, monkeypatch, tmp_path):
     shutil.copytree(synthetic_env, tmp_path / "copy")
     config.data.codes_dir = str(tmp_path / "codes")
     with pytest.raises(FileNotFoundError, match=r"feature_rgb_bninception.*not found"):
-        inputs_lib.make_inputs(config)
+        inputs_lib.make_inputs(config, MODEL_FNS)

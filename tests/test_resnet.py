@@ -10,6 +10,7 @@ import pytest
 
 from avjax.convert import torchvision_names as tvn
 from avjax.convert.resnet import INDEXED, resnet50_from_torch
+from avjax.models import resnet_features
 from avjax.models.resnet import ResNet
 from data_pipelines import visual_features
 from data_pipelines.safe_pickle import load_array_pickle
@@ -173,7 +174,7 @@ def test_converter_errors():
 def test_preprocess_frames_resize_crop_normalise():
     frames = np.full((2, 240, 320, 3), 128, np.uint8)
     frames[1] = 0
-    out = visual_features.preprocess_frames(frames)
+    out = resnet_features.preprocess_frames(frames)
     assert out.shape == (2, 224, 224, 3) and out.dtype == np.float32
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(
@@ -182,7 +183,7 @@ def test_preprocess_frames_resize_crop_normalise():
     np.testing.assert_allclose(out[1], np.broadcast_to(-mean / std, out[1].shape), atol=1e-5)
     # Crop window of Resize(256) + CenterCrop(224) on a 240x320 frame (-> 256x341).
     ramp = np.tile(np.arange(320, dtype=np.uint8)[None, :, None] // 2, (240, 1, 3))[None]
-    got = visual_features.preprocess_frames(ramp)[0, 0, :, 0] * 0.229 + 0.485
+    got = resnet_features.preprocess_frames(ramp)[0, 0, :, 0] * 0.229 + 0.485
     from PIL import Image
 
     ref = np.asarray(Image.fromarray(ramp[0]).resize((341, 256), Image.BILINEAR), np.float32)
@@ -200,9 +201,9 @@ def test_loop_or_crop_to_clip_rows():
 def test_missing_weights_are_named(tmp_path, vas_samples):
     video = next((vas_samples / "videos").rglob("*.mp4"))
     with pytest.raises(ValueError, match="need ImageNet weights"):
-        visual_features.resnet50_features(video, None)
+        resnet_features.resnet50_features(video, None)
     with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
-        visual_features.resnet50_features(video, tmp_path / "nope.pth")
+        resnet_features.resnet50_features(video, tmp_path / "nope.pth")
 
 
 def test_features_of_real_vas_clip_match_official_row_count(tmp_path, vas_samples):
@@ -218,7 +219,7 @@ def test_features_of_real_vas_clip_match_official_row_count(tmp_path, vas_sample
     model = ResNet(stage_sizes=(1, 1, 1, 1), num_classes=0)
     layout = torchvision_resnet_layout(stage_sizes=(1, 1, 1, 1), num_classes=1000)
     np.savez(tmp_path / "w.npz", **random_sd(np.random.default_rng(0), layout))
-    feats = visual_features.resnet50_features(video, tmp_path / "w.npz", model=model)
+    feats = resnet_features.resnet50_features(video, tmp_path / "w.npz", model=model)
     assert feats.shape == official.shape == (215, 2048)
     assert feats.dtype == np.float32 and np.isfinite(feats).all()
     assert feats.std(axis=0).mean() > 0  # frames differ
@@ -236,9 +237,8 @@ def test_features_of_real_vas_clip_match_official_row_count(tmp_path, vas_sample
     videos = tmp_path / "videos"
     videos.mkdir()
     shutil.copy(vas_samples / "videos" / "gun" / "video_00819.mp4", videos)
-    summary = visual_features.resnet50_features_folder(
-        videos, tmp_path / "out2", tmp_path / "w.npz", model=model
-    )
+    extract = resnet_features.resnet50_extractor(tmp_path / "w.npz", model=model)
+    summary = visual_features.features_folder(videos, tmp_path / "out2", extract)
     assert summary.done == 1 and not summary.failed
     looped = load_array_pickle(
         tmp_path / "out2" / "feature_resnet50_dim2048_21.5fps" / "video_00819.pkl"
@@ -248,5 +248,5 @@ def test_features_of_real_vas_clip_match_official_row_count(tmp_path, vas_sample
     )
     assert looped.shape == official.shape == (215, 2048)
     np.testing.assert_array_equal(looped[172:], looped[: 215 - 172])
-    again = visual_features.resnet50_features_folder(videos, tmp_path / "out2", tmp_path / "w.npz")
+    again = visual_features.features_folder(videos, tmp_path / "out2", extract)
     assert again.skipped == 1 and again.done == 0

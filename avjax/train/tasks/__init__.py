@@ -1,10 +1,19 @@
-"""One task per model family; `make_task` maps `config.task` to it (explicitly, no registry)."""
+"""One task per model family; `make_task` maps `config.task` to it through one explicit dict."""
 
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+from avjax.train.task import Task
+from avjax.train.tasks.classifier import ClassifierTask
+from avjax.train.tasks.melgan import MelGANTask
+from avjax.train.tasks.sound2sight import Sound2SightTask
+from avjax.train.tasks.transformer import TransformerTask
+from avjax.train.tasks.vqgan import VQGANTask
 
 
 def load_vggishish_backbone(path: str | pathlib.Path) -> dict:
@@ -34,39 +43,35 @@ def load_vggishish_backbone(path: str | pathlib.Path) -> dict:
     return feats
 
 
-def make_task(config, stats: dict[str, np.ndarray]):
-    """Builds the task named by `config.task`.
+def _vqgan_task(config, stats: dict[str, np.ndarray]) -> VQGANTask:
+    """The codebook task: LPAPS normalised by the data's mel statistics, optional backbone."""
+    lpaps_stats = {"shift": 2 * stats["mean"] - 1, "scale": 2 * stats["std"]}
+    backbone = config.loss.lpaps_backbone
+    backbone = None if backbone == "random" else load_vggishish_backbone(backbone)
+    return VQGANTask.from_config(config, lpaps_stats, backbone)
+
+
+# config.task -> (config, stats) -> task (a new model family adds one line here).
+TASKS: dict[str, Callable[[Any, dict[str, np.ndarray]], Task]] = {
+    "vqgan": _vqgan_task,
+    "classifier": ClassifierTask.from_config,
+    "transformer": TransformerTask.from_config,
+    "melgan": MelGANTask.from_config,
+    "sound2sight": Sound2SightTask.from_config,
+}
+
+
+def make_task(config, stats: dict[str, np.ndarray]) -> Task:
+    """Builds the task named by `config.task` (one entry of `TASKS`).
 
     Args:
       config: the experiment config.
       stats: dataset statistics from `data_pipelines.inputs.make_inputs` (task-specific;
         for spectrogram tasks the per-mel-bin {"mean", "std"} of [0, 1] mels, [F] each).
     """
-    task = config.task
-    if task == "vqgan":
-        from avjax.train.tasks.vqgan import VQGANTask
-
-        lpaps_stats = {"shift": 2 * stats["mean"] - 1, "scale": 2 * stats["std"]}
-        backbone = config.loss.lpaps_backbone
-        backbone = None if backbone == "random" else load_vggishish_backbone(backbone)
-        return VQGANTask.from_config(config, lpaps_stats, backbone)
-    if task == "classifier":
-        from avjax.train.tasks.classifier import ClassifierTask
-
-        return ClassifierTask.from_config(config, stats)
-    if task == "transformer":
-        from avjax.train.tasks.transformer import TransformerTask
-
-        return TransformerTask.from_config(config, stats)
-    if task == "melgan":
-        from avjax.train.tasks.melgan import MelGANTask
-
-        return MelGANTask.from_config(config, stats)
-    if task == "sound2sight":
-        from avjax.train.tasks.sound2sight import Sound2SightTask
-
-        return Sound2SightTask.from_config(config, stats)
-    raise ValueError(f"config.task: unknown task {task!r}; expected one of {TASKS}")
-
-
-TASKS = ("vqgan", "classifier", "transformer", "melgan", "sound2sight")
+    factory = TASKS.get(config.task)
+    if factory is None:
+        raise ValueError(
+            f"config.task: unknown task {config.task!r}; expected one of {tuple(TASKS)}"
+        )
+    return factory(config, stats)

@@ -72,13 +72,8 @@ class ClassifierTask:
         k_init, k_state = jax.random.split(rng)
         variables = self.model.init(k_init, jnp.zeros((1, *self.input_shape)))
         params = variables["params"]
-        state = {
-            "step": jnp.zeros((), jnp.int32),
-            "rng": k_state,
-            "params": params,
-            "opt_state": self.tx.init(params),
-            "mel_stats": {k: jnp.asarray(v) for k, v in self.mel_stats.items()},
-        }
+        mel_stats = {k: jnp.asarray(v) for k, v in self.mel_stats.items()}
+        state = common.init_state(k_state, params, self.tx.init(params), mel_stats=mel_stats)
         if self.has_bn:
             state["batch_stats"] = variables["batch_stats"]
         return state
@@ -120,16 +115,16 @@ class ClassifierTask:
         (_, (metrics, batch_stats)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             state["params"], state, batch, True
         )
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        params, opt_state = common.apply_optimizer(
+            self.tx, grads, state["opt_state"], state["params"]
+        )
         metrics["grad_norm"] = optax.global_norm(grads)
-        new = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
-        if batch_stats is not None:
-            new["batch_stats"] = batch_stats
-        return new, metrics
+        extra = {} if batch_stats is None else {"batch_stats": batch_stats}
+        new = common.next_state(state, params, opt_state, **extra)
+        return new, common.float32_metrics(metrics)
 
     def eval_step(self, state, batch):
-        return self._loss(state["params"], state, batch)[1][0]
+        return common.float32_metrics(self._loss(state["params"], state, batch)[1][0])
 
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
         """A classifier has no samples to write."""

@@ -22,7 +22,7 @@ import optax
 
 from avjax.audio import mel as mel_lib
 from avjax.models.specvqgan import melgan
-from avjax.train import writer as writer_lib
+from avjax.train.tasks import common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +91,11 @@ class MelGANTask:
         mel = jnp.zeros((1, self.num_frames, self.spec.n_mels), jnp.float32)
         gp = self.g.init({"params": k_g}, mel)["params"]
         dp = self.d.init({"params": k_d}, jnp.zeros((1, self.seq_len, 1), jnp.float32))["params"]
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "rng": k_state,
-            "params": {"generator": gp, "discriminator": dp},
-            "opt_state": {"generator": self.g_tx.init(gp), "discriminator": self.d_tx.init(dp)},
-        }
+        return common.init_state(
+            k_state,
+            {"generator": gp, "discriminator": dp},
+            {"generator": self.g_tx.init(gp), "discriminator": self.d_tx.init(dp)},
+        )
 
     def trainable_params(self, state) -> dict:
         return state["params"]
@@ -129,8 +128,7 @@ class MelGANTask:
             return loss, (d_real, aux)
 
         (d_loss, (d_real, d_aux)), g_d = jax.value_and_grad(d_loss_fn, has_aux=True)(dp)
-        upd, d_opt = self.d_tx.update(g_d, state["opt_state"]["discriminator"], dp)
-        dp = optax.apply_updates(dp, upd)
+        dp, d_opt = common.apply_optimizer(self.d_tx, g_d, state["opt_state"]["discriminator"], dp)
 
         def g_loss_fn(wave):
             d_fake = self._critic(dp, wave)
@@ -140,16 +138,14 @@ class MelGANTask:
 
         (g_total, (adv, fm)), g_wave = jax.value_and_grad(g_loss_fn, has_aux=True)(x_pred)
         (g_g,) = g_vjp(g_wave)
-        upd, g_opt = self.g_tx.update(g_g, state["opt_state"]["generator"], gp)
-        gp = optax.apply_updates(gp, upd)
+        gp, g_opt = common.apply_optimizer(self.g_tx, g_g, state["opt_state"]["generator"], gp)
 
         mel_l1 = jnp.mean(jnp.abs(mel_of(x_pred, self.num_frames, self.spec) - s))
-        new_state = {
-            **state,
-            "step": state["step"] + 1,
-            "params": {"generator": gp, "discriminator": dp},
-            "opt_state": {"generator": g_opt, "discriminator": d_opt},
-        }
+        new_state = common.next_state(
+            state,
+            {"generator": gp, "discriminator": dp},
+            {"generator": g_opt, "discriminator": d_opt},
+        )
         metrics = dict(
             d_loss=d_loss,
             g_loss=adv,
@@ -160,7 +156,7 @@ class MelGANTask:
             grad_norm_d=optax.global_norm(g_d),
             **d_aux,
         )
-        return new_state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
+        return new_state, common.float32_metrics(metrics)
 
     def eval_step(self, state, batch):
         """Mel L1 of the vocoded eval windows and the critic's losses (no updates).
@@ -174,12 +170,13 @@ class MelGANTask:
         per_clip = jnp.mean(jnp.abs(mel_of(x_pred, self.num_frames, self.spec) - s), axis=(1, 2))
         dp = state["params"]["discriminator"]
         d_fake, d_real = self._critic(dp, x_pred), self._critic(dp, x)
-        return dict(
+        metrics = dict(
             mel_l1=jnp.sum(per_clip * mask) / jnp.maximum(jnp.sum(mask), 1.0),
             d_loss=melgan.discriminator_loss(d_real, d_fake),
             g_loss=melgan.generator_adv_loss(d_fake),
             fm_loss=melgan.feature_matching_loss(d_real, d_fake, self.loss.n_layers_D),
         )
+        return common.float32_metrics(metrics)
 
     # --------------------------------------------------------------------------- samples
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path, num: int = 4):
@@ -204,10 +201,7 @@ class MelGANTask:
         for i in range(len(mels)):
             writer.audio(step, f"vocoded/{i}", fake[i], sr)
             io.write_wav(out_dir / f"{i}_vocoded.wav", fake[i], sr)
-            pair = np.concatenate(
-                [writer_lib.mel_image(2 * mels[i] - 1), writer_lib.mel_image(2 * fake_mels[i] - 1)],
-                axis=0,
-            )
+            pair = images.mel_pair(2 * mels[i] - 1, 2 * fake_mels[i] - 1)
             writer.image(step, f"mel_input_vs_vocoded/{i}", pair)
             images.save_png(out_dir / f"{i}_mel_input_vs_vocoded.png", pair)
             real_path = out_dir.parent / f"{i}_real.wav"  # the reference, written once

@@ -31,13 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from avjax.images import FRAME_SCALES, frames01
 from avjax.losses.kl import kl_criterion
 from avjax.metrics import image_quality as iq
 from avjax.models.sound2sight import discriminator as disc_lib
 from avjax.models.sound2sight.discriminator import Discriminator
 from avjax.models.sound2sight.model import Sound2Sight, rollout
+from avjax.train.tasks import common
 
-FRAME_SCALES = ("per_frame_max", "255")
+__all__ = ["FRAME_SCALES", "LossConfig", "Sound2SightTask", "frames01", "model_from_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +59,6 @@ class LossConfig:
         epoch = step // self.steps_per_epoch
         idx = jnp.searchsorted(jnp.asarray(self.adv_epochs), epoch, side="right")
         return self.beta_gen * jnp.asarray(self.adv_multipliers, jnp.float32)[idx]
-
-
-def frames01(frames: jax.Array, scale: str) -> jax.Array:
-    """uint8 frames [..., H, W, C] -> float32 in [0, 1].
-
-    "per_frame_max": each frame divided by its own maximum (the official loader; an
-    all-black frame stays 0); "255": divided by 255.
-    """
-    f = frames.astype(jnp.float32)
-    if scale == "255":
-        return f / 255.0
-    if scale == "per_frame_max":
-        return f / jnp.maximum(jnp.max(f, axis=(-3, -2, -1), keepdims=True), 1.0)
-    raise ValueError(f"config.data.frame_scale must be one of {FRAME_SCALES}, got {scale!r}")
 
 
 def _ce(logits: jax.Array, label: int) -> jax.Array:
@@ -194,16 +182,12 @@ class Sound2SightTask:
         eps = jnp.zeros((1, t - 1, self.gen.z_dim))
         gv = self.gen.init({"params": k_g, "dropout": k_drop}, x, a, eps, train=False)
         dv = self.disc.init({"params": k_d}, x, a, train=False)
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "rng": k_state,
-            "params": {"gen": gv["params"], "disc": dv["params"]},
-            "batch_stats": {"gen": gv["batch_stats"], "disc": dv["batch_stats"]},
-            "opt_state": {
-                "gen": self.g_tx.init(gv["params"]),
-                "disc": self.d_tx.init(dv["params"]),
-            },
-        }
+        return common.init_state(
+            k_state,
+            {"gen": gv["params"], "disc": dv["params"]},
+            {"gen": self.g_tx.init(gv["params"]), "disc": self.d_tx.init(dv["params"])},
+            batch_stats={"gen": gv["batch_stats"], "disc": dv["batch_stats"]},
+        )
 
     def trainable_params(self, state) -> dict:
         return state["params"]
@@ -292,8 +276,7 @@ class Sound2SightTask:
         )
         d_out = {**d_out, "pred": d_out["pred"] + fake_vjp(d_fake)[1]}
         (g_grads,) = gen_vjp(d_out)
-        upd, g_opt = self.g_tx.update(g_grads, state["opt_state"]["gen"], gp)
-        gp = optax.apply_updates(gp, upd)
+        gp, g_opt = common.apply_optimizer(self.g_tx, g_grads, state["opt_state"]["gen"], gp)
 
         def d_loss_fn(dp, r_e, a_e, f_e):
             real_w = disc_lib.make_windows(r_e, r_e, n)
@@ -312,23 +295,21 @@ class Sound2SightTask:
             enc_grads = (real_vjp((d_re, d_ae))[0], fake_vjp(d_fe)[0])
             d_grads = jax.tree.map(lambda g, r, f: g + r + f, d_grads, *enc_grads)
         # else official: the encoders never change, only their BN statistics move
-        upd, d_opt = self.d_tx.update(d_grads, state["opt_state"]["disc"], dp)
-        dp = optax.apply_updates(dp, upd)
+        dp, d_opt = common.apply_optimizer(self.d_tx, d_grads, state["opt_state"]["disc"], dp)
 
-        new_state = {
-            **state,
-            "step": step + 1,
-            "params": {"gen": gp, "disc": dp},
-            "batch_stats": {"gen": g_bs, "disc": d_bs},
-            "opt_state": {"gen": g_opt, "disc": d_opt},
-        }
+        new_state = common.next_state(
+            state,
+            {"gen": gp, "disc": dp},
+            {"gen": g_opt, "disc": d_opt},
+            batch_stats={"gen": g_bs, "disc": d_bs},
+        )
         metrics = {
             **metrics,
             **d_metrics,
             "grad_norm_gen": optax.global_norm(g_grads),
             "grad_norm_disc": optax.global_norm(d_grads),
         }
-        return new_state, jax.tree.map(lambda v: v.astype(jnp.float32), metrics)
+        return new_state, common.float32_metrics(metrics)
 
     # --------------------------------------------------------------------------- eval
     def gen_variables(self, state) -> dict:
@@ -361,7 +342,7 @@ class Sound2SightTask:
             out[f"{name}ssim"] = mean(iq.ssim_correct(p, gt))
             out[f"{name}ssim_paper"] = mean(iq.ssim_paper(p, gt))
             out[f"{name}psnr"] = mean(iq.psnr(p, gt))
-        return out
+        return common.float32_metrics(out)
 
     # --------------------------------------------------------------------------- samples
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
@@ -370,6 +351,7 @@ class Sound2SightTask:
         "Best" is the sample with the highest mean SSIM over the predicted frames (as the
         official `make_gifs`). Seen frames are shown in every column.
         """
+        from avjax import images
         from avjax.video import io as video_io
 
         k = self.sample_clips
@@ -389,26 +371,8 @@ class Sound2SightTask:
         cols = [x, np.concatenate([x[:, :n_past], samples[best, np.arange(len(x))]], 1)]
         for s in range(min(self.sample_count, 4)):
             cols.append(np.concatenate([x[:, :n_past], samples[s]], 1))
-        grid = _grid(np.stack(cols, 1), n_past)  # [T, rows, cols] tiled
+        grid = images.frame_grid(np.stack(cols, 1), n_past)  # [T, rows, cols] tiled
         out_dir.mkdir(parents=True, exist_ok=True)
         video_io.write_gif(out_dir / "gt_best_samples.gif", grid, fps=self.fps)
         writer.image(step, "samples/last_frame", grid[-1])
         writer.image(step, "samples/first_predicted_frame", grid[n_past])
-
-
-def _grid(clips: np.ndarray, n_past: int, pad: int = 2) -> np.ndarray:
-    """[R, C, T, H, W, ch] in [0, 1] -> uint8 RGB [T, R*(H+pad)+pad, C*(W+pad)+pad, 3].
-
-    The border is green on seen frames and red on predicted ones.
-    """
-    r, c, t, h, w, ch = clips.shape
-    if ch == 1:
-        clips = np.repeat(clips, 3, axis=-1)
-    out = np.zeros((t, r * (h + pad) + pad, c * (w + pad) + pad, 3), np.float32)
-    out[:n_past, ..., 1] = 0.6
-    out[n_past:, ..., 0] = 0.8
-    for i in range(r):
-        for j in range(c):
-            y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
-            out[:, y0 : y0 + h, x0 : x0 + w] = clips[i, j]
-    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)

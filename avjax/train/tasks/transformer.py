@@ -24,6 +24,7 @@ from absl import logging
 
 from avjax.models.specvqgan import gpt as gpt_lib
 from avjax.models.specvqgan import permuter, sampling
+from avjax.train.tasks import common
 
 DEFAULT_GRID = (5, 53)
 
@@ -105,12 +106,7 @@ class TransformerTask:
     def init(self, rng) -> dict:
         k_init, k_state = jax.random.split(rng)
         params = self.model.init({"params": k_init}, *self._dummy_inputs())["params"]
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "rng": k_state,
-            "params": params,
-            "opt_state": self.tx.init(params),
-        }
+        return common.init_state(k_state, params, self.tx.init(params))
 
     def trainable_params(self, state):
         return state["params"]
@@ -151,11 +147,12 @@ class TransformerTask:
             return loss, {"loss": loss, "accuracy": acc.mean(), "perplexity": jnp.exp(loss)}
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        params, opt_state = common.apply_optimizer(
+            self.tx, grads, state["opt_state"], state["params"]
+        )
         metrics["grad_norm"] = optax.global_norm(grads)
-        new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
-        return new_state, metrics
+        new_state = common.next_state(state, params, opt_state)
+        return new_state, common.float32_metrics(metrics)
 
     def eval_step(self, state, batch):
         """Mask-weighted loss, accuracy and perplexity of one eval batch."""
@@ -163,7 +160,8 @@ class TransformerTask:
         mask = batch.get("mask", jnp.ones_like(ce)).astype(jnp.float32)
         n = jnp.maximum(mask.sum(), 1.0)
         loss = (ce * mask).sum() / n
-        return {"loss": loss, "accuracy": (acc * mask).sum() / n, "perplexity": jnp.exp(loss)}
+        metrics = {"loss": loss, "accuracy": (acc * mask).sum() / n, "perplexity": jnp.exp(loss)}
+        return common.float32_metrics(metrics)
 
     # --------------------------------------------------------------------------- samples
     def codec(self):
@@ -184,7 +182,6 @@ class TransformerTask:
         with the codebook to mel PNGs and Griffin-Lim wavs. Without a codebook it writes
         the code maps as images."""
         from avjax import images
-        from avjax.train import writer as writer_lib
 
         n = self.num_sample_clips
         local = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[:n], batch)
@@ -226,9 +223,7 @@ class TransformerTask:
         fake = to01(decode(codec.params, jnp.asarray(fake_maps)))
         real = to01(decode(codec.params, jnp.asarray(real_maps)))
         for i in range(len(codes)):
-            pair = np.concatenate(
-                [writer_lib.mel_image(2 * real[i] - 1), writer_lib.mel_image(2 * fake[i] - 1)], 0
-            )
+            pair = images.mel_pair(2 * real[i] - 1, 2 * fake[i] - 1)
             writer.image(step, f"sample/{i}", pair)
             images.save_png(out_dir / f"{i}_codebook_real_vs_sample.png", pair)
         voc = GriffinLimVocoder(n_iter=self.griffin_lim_iters)

@@ -27,7 +27,6 @@ from avjax.losses import gan
 from avjax.losses.lpaps import LPAPS
 from avjax.models.specvqgan.discriminator import NLayerDiscriminator
 from avjax.models.specvqgan.vqgan import VQGAN
-from avjax.train import writer as writer_lib
 from avjax.train.tasks import common
 
 LAST_LAYER = ("decoder", "conv_out", "kernel")
@@ -145,14 +144,13 @@ class VQGANTask:
         if self.lpaps_backbone is not None:
             lp_params = {**lp_params, "net": jax.tree.map(jnp.asarray, self.lpaps_backbone)}
         stats = {k: jnp.asarray(v) for k, v in self.lpaps_stats.items()}
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "rng": k_state,
-            "params": {"ae": ae, "disc": dvars["params"]},
-            "batch_stats": {"disc": dvars["batch_stats"]},
-            "opt_state": {"ae": self.ae_tx.init(ae), "disc": self.disc_tx.init(dvars["params"])},
-            "lpaps": {"params": lp_params, "stats": stats},
-        }
+        return common.init_state(
+            k_state,
+            {"ae": ae, "disc": dvars["params"]},
+            {"ae": self.ae_tx.init(ae), "disc": self.disc_tx.init(dvars["params"])},
+            batch_stats={"disc": dvars["batch_stats"]},
+            lpaps={"params": lp_params, "stats": stats},
+        )
 
     def trainable_params(self, state) -> dict:
         return state["params"]
@@ -232,8 +230,9 @@ class VQGANTask:
         (_, (metrics, (bstats, xrec))), g_ae = jax.value_and_grad(g_loss_fn, has_aux=True)(
             state["params"]["ae"]
         )
-        upd, ae_opt = self.ae_tx.update(g_ae, state["opt_state"]["ae"], state["params"]["ae"])
-        ae = optax.apply_updates(state["params"]["ae"], upd)
+        ae, ae_opt = common.apply_optimizer(
+            self.ae_tx, g_ae, state["opt_state"]["ae"], state["params"]["ae"]
+        )
 
         if self.w.disc_recompute:  # a fresh reconstruction from the updated autoencoder
             xrec, _, _ = self.model.apply({"params": ae}, x, train=True, rngs={"dropout": r_drop})
@@ -251,18 +250,18 @@ class VQGANTask:
             return d_loss, (aux, bs)
 
         (_, (d_metrics, bstats)), g_d = jax.value_and_grad(d_loss_fn, has_aux=True)(dparams)
-        upd, d_opt = self.disc_tx.update(g_d, state["opt_state"]["disc"], dparams)
-        dparams = optax.apply_updates(dparams, upd)
+        dparams, d_opt = common.apply_optimizer(
+            self.disc_tx, g_d, state["opt_state"]["disc"], dparams
+        )
 
-        new_state = {
-            **state,
-            "step": gstep + 1,
-            "params": {"ae": ae, "disc": dparams},
-            "batch_stats": {"disc": bstats},
-            "opt_state": {"ae": ae_opt, "disc": d_opt},
-        }
+        new_state = common.next_state(
+            state,
+            {"ae": ae, "disc": dparams},
+            {"ae": ae_opt, "disc": d_opt},
+            batch_stats={"disc": bstats},
+        )
         metrics = {**metrics, **d_metrics, "grad_norm_ae": optax.global_norm(g_ae)}
-        return new_state, jax.tree.map(lambda v: v.astype(jnp.float32), metrics)
+        return new_state, common.float32_metrics(metrics)
 
     def eval_step(self, state, batch):
         """Validation losses as the official `validation_step` logs them (d_weight 0)."""
@@ -274,7 +273,7 @@ class VQGANTask:
         logits_real, _ = self._disc(dp, bs, x, False)
         logits_fake, _ = self._disc(dp, bs, xrec, False)
         disc_factor = gan.adopt_weight(self.w.disc_factor, gstep, self.w.disc_start)
-        return dict(
+        metrics = dict(
             total_loss=nll + self.w.codebook_weight * qloss,
             rec_loss=rec,
             p_loss=p,
@@ -284,6 +283,7 @@ class VQGANTask:
             disc_loss=disc_factor * self._d_loss(logits_real, logits_fake),
             perplexity=info["perplexity"],
         )
+        return common.float32_metrics(metrics)
 
     # --------------------------------------------------------------------------- samples
     def reconstruct(self, state, x):
@@ -303,9 +303,7 @@ class VQGANTask:
         xrec, _ = jax.device_get(self._reconstruct(state, jnp.asarray(x)))
         out_dir.mkdir(parents=True, exist_ok=True)
         for i in range(len(x)):
-            pair = np.concatenate(
-                [writer_lib.mel_image(x[i]), writer_lib.mel_image(xrec[i])], axis=0
-            )
+            pair = images.mel_pair(x[i], xrec[i])
             writer.image(step, f"reconstruction/{i}", pair)
             images.save_png(out_dir / f"{i}_input_vs_reconstruction.png", pair)
         mel01 = np.clip((xrec[0] + 1.0) / 2.0, 0.0, 1.0)

@@ -1,0 +1,78 @@
+"""Inputs of the spectrogram tasks (codebook `vqgan`, `classifier`): log-mel clips + statistics.
+
+`make_inputs(config)` (and `make_classifier_inputs`, which also checks the labels) opens the
+official VGGSound/VAS layout in `config.data.dir` (or the embedded synthetic clips for `:tiny`
+configs), computes the per-mel-bin statistics the models normalise with and builds the
+checkpointable Grain iterators (`pipeline.make_spec_iterator`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+from data_pipelines import base, pipeline, spec_folders
+from data_pipelines.errors import UserError
+
+__all__ = ["make_classifier_inputs", "make_inputs", "mel_stats"]
+
+
+def mel_stats(source, num_examples: int, crop_frames: int) -> dict[str, np.ndarray]:
+    """Per-mel-bin mean and std of [0, 1] mels over the first `num_examples` clips.
+
+    Deterministic (no shuffling), centre-cropped like eval. Returns {"mean", "std"}: [F].
+    """
+    n = min(num_examples, len(source))
+    mels = np.stack([pipeline.center_crop(source[i]["mel"], crop_frames) for i in range(n)])
+    mean, std = mels.mean(axis=(0, 2)), mels.std(axis=(0, 2))
+    return {"mean": mean.astype(np.float32), "std": np.maximum(std, 1e-3).astype(np.float32)}
+
+
+def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
+    """Log-mel clips (official VGGSound/VAS layouts) for the codebook (`task='vqgan'`)."""
+    del model_fns  # runs no model
+    return _make(config, check_labels=False)
+
+
+def make_classifier_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
+    """As `make_inputs`, for `task='classifier'`: the clips carry `num_classes` labels."""
+    del model_fns  # runs no model
+    return _make(config, check_labels=True)
+
+
+def _make(config, check_labels: bool) -> base.Inputs:
+    d = config.data
+    data_dir = base.resolve_data_dir(config)
+    opener = lambda split: spec_folders.open_spec_source(
+        data_dir, split, layout=d.layout, labels_csv=d.get("labels_csv")
+    )
+    train_src = opener(d.train_split)
+    logging.info("train data: %s (%d clips) from %s", d.train_split, len(train_src), data_dir)
+    if check_labels:
+        num = len(train_src.class_names)
+        if num == 0 or int(np.min(train_src.labels)) < 0:
+            raise UserError(
+                f"config.task='classifier' needs labels, but {data_dir} split {d.train_split!r} "
+                "has none: VAS class folders give them; for VGGSound pass --config.data.labels_csv"
+            )
+        if num != config.model.num_classes:
+            raise UserError(
+                f"config.model.num_classes={config.model.num_classes} but the dataset in "
+                f"{data_dir} has {num} classes; pass --config.model.num_classes={num}"
+            )
+    common = dict(
+        global_batch_size=d.global_batch_size,
+        crop_frames=d.crop_frames,
+        read_threads=d.read_threads,
+    )
+    train_iter = pipeline.make_spec_iterator(
+        train_src, seed=config.seed, train=True, random_crop=d.random_crop, **common
+    )
+    eval_iter_fn = None
+    if d.eval_split:
+        eval_src = opener(d.eval_split)
+        eval_iter_fn = lambda: pipeline.make_spec_iterator(
+            eval_src, seed=config.seed, train=False, **common
+        )
+    stats = mel_stats(train_src, d.stats_examples, d.crop_frames)
+    return base.Inputs(train_iter, eval_iter_fn, stats, train_src.class_names, data_dir)
