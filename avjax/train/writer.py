@@ -153,11 +153,6 @@ class Progress:
         logging.info("step %d/%d  %.2f steps/s  eta %.0fs  %s", step, self.total, rate, eta, shown)
 
 
-def mel_image(mel: np.ndarray) -> np.ndarray:
-    """[F, T] spectrogram in [-1, 1] -> [F, T] image in [0, 1], low frequencies at the bottom."""
-    return np.clip((np.asarray(mel, np.float32)[::-1] + 1.0) / 2.0, 0.0, 1.0)
-
-
 def parameter_overview(params) -> str:
     """A table of parameter paths, shapes and counts, with the total."""
     rows, total = [], 0
