@@ -33,11 +33,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, tiny=False)
-    c = ml_collections.ConfigDict()
-    c.task = "melgan"
-    c.seed = 23
-    c.dtype = "float32"  # compute dtype ("bfloat16" on GPU/TPU); params stay float32
-    c.mesh = (("data", -1), ("fsdp", 1))
+    c = common.experiment("melgan", seed=23)
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ml_collections.config_dict.placeholder(str)  # dataset root (official layout)
@@ -79,28 +75,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.9
     c.optim.eps = 1e-8  # torch Adam default
 
-    c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 1_000_000  # the official run trains for days; set to your budget
-    c.train.log_every = 100
-    c.train.checkpoint_every = 5000
-    c.train.keep_checkpoints = 3
-    c.train.eval_every = 5000
-    c.train.eval_batches = 20
-    c.train.sample_every = 5000
+    # The official run trains for days; set num_steps to your budget.
+    c.train = common.train(
+        1_000_000,
+        log_every=100,
+        checkpoint_every=5000,
+        eval_every=5000,
+        eval_batches=20,
+        sample_every=5000,
+    )
 
     if args["tiny"]:
+        common.make_tiny(c)
         c.data.synthetic = True
         c.data.seq_len = 4096
-        c.data.global_batch_size = 8  # divisible by 8: the same run works on 1 or 8 devices
-        c.data.read_threads = 2
         c.data.num_sample_clips = 2
         c.model.ngf = 4
         c.disc.ndf = 4
         c.disc.n_layers = 2
-        c.train.num_steps = 20
-        c.train.log_every = 5
-        c.train.checkpoint_every = 10
-        c.train.eval_every = 10
-        c.train.eval_batches = 2
-        c.train.sample_every = 10
     return c

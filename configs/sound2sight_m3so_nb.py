@@ -50,11 +50,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, tiny=False, small=False)
-    c = ml_collections.ConfigDict()
-    c.task = "sound2sight"
-    c.seed = 1
-    c.dtype = "float32"  # compute dtype; params stay float32
-    c.mesh = (("data", -1), ("fsdp", 1))
+    c = common.experiment("sound2sight", seed=1)
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ml_collections.config_dict.placeholder(str)  # made by launch/make_m3so.py
@@ -107,14 +103,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
 
-    c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 1001 * 72  # niter 1001 epochs
-    c.train.log_every = 50
-    c.train.checkpoint_every = 720
-    c.train.keep_checkpoints = 3
-    c.train.eval_every = 720
-    c.train.eval_batches = 4
-    c.train.sample_every = 720
+    # niter 1001 epochs of 72 steps
+    c.train = common.train(
+        1001 * 72,
+        log_every=50,
+        checkpoint_every=720,
+        eval_every=720,
+        eval_batches=4,
+        sample_every=720,
+    )
     c.train.sample_clips = 4
     c.train.sample_count = 5
 

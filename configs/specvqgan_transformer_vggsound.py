@@ -27,20 +27,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
-
-# Codes per clip of the tiny codebook (`configs/specvqgan_vggsound.py:tiny`: 80x64 mels,
-# two downsamplings -> a 20 x 16 grid).
-TINY_TOKENS = 20 * 16
+from configs import common, specvqgan_vggsound
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, tiny=False)
-    c = ml_collections.ConfigDict()
-    c.task = "transformer"
-    c.seed = 23
-    c.dtype = "float32"  # compute dtype ("bfloat16" on GPU/TPU); params stay float32
-    c.mesh = (("data", -1), ("fsdp", 1))
+    c = common.experiment("transformer", seed=23)
 
     c.codebook = ml_collections.ConfigDict()
     # The trained codebook run whose codes the transformer models (launch/train.py with
@@ -90,23 +82,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sampling.num_clips = 2  # clips sampled by write_samples
     c.sampling.griffin_lim_iters = 32
 
-    c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 1_000_000  # official: early stopping on val/loss (patience 2 epochs)
-    c.train.log_every = 50
-    c.train.checkpoint_every = 2000
-    c.train.keep_checkpoints = 3
-    c.train.eval_every = 5000
-    c.train.eval_batches = 200
-    c.train.sample_every = 5000
+    # Official: early stopping on val/loss (patience 2 epochs); set num_steps to your budget.
+    c.train = common.train(
+        1_000_000,
+        log_every=50,
+        checkpoint_every=2000,
+        eval_every=5000,
+        eval_batches=200,
+        sample_every=5000,
+    )
 
     if args["tiny"]:
+        # Sized for the tiny codebook's codes (configs/specvqgan_vggsound.py:tiny).
+        codebook = specvqgan_vggsound.get_config("tiny")
+        rows, columns = common.code_grid(codebook)
+        common.make_tiny(c)
         c.data.synthetic = True
         c.data.features = "resnet50"
-        c.data.global_batch_size = 8  # divisible by 8: the same run works on 1 or 8 devices
-        c.data.read_threads = 2
         c.data.feat_sample_size = 5
-        c.model.vocab_size = 64  # the tiny codebook's n_embed
-        c.model.block_size = TINY_TOKENS + 212  # room for up to 212 feature rows
+        c.model.vocab_size = codebook.model.n_embed
+        c.model.block_size = rows * columns + 212  # room for up to 212 feature rows
         c.model.n_layer = 2
         c.model.n_head = 2
         c.model.n_embd = 32
@@ -114,10 +109,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.sampling.top_k = 0
         c.sampling.num_clips = 1
         c.sampling.griffin_lim_iters = 4
-        c.train.num_steps = 20
-        c.train.log_every = 5
-        c.train.checkpoint_every = 10
-        c.train.eval_every = 10
-        c.train.eval_batches = 2
-        c.train.sample_every = 10
     return c

@@ -24,11 +24,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, tiny=False)
-    c = ml_collections.ConfigDict()
-    c.task = "vqgan"
-    c.seed = 23
-    c.dtype = "float32"  # compute dtype ("bfloat16" on GPU/TPU); params stay float32
-    c.mesh = (("data", -1), ("fsdp", 1))
+    c = common.experiment("vqgan", seed=23)
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ml_collections.config_dict.placeholder(str)  # dataset root (official layout)
@@ -87,22 +83,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.9
     c.optim.eps = 1e-8  # torch Adam default
 
-    c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 400_000  # the paper trains to convergence; set to your budget
-    c.train.log_every = 50
-    c.train.checkpoint_every = 2000
-    c.train.keep_checkpoints = 3
-    c.train.eval_every = 5000
-    c.train.eval_batches = 200
-    c.train.sample_every = 750  # official ImageLogger batch frequency
+    # The paper trains to convergence: set num_steps to your budget. Samples every 750
+    # steps as the official ImageLogger's batch frequency.
+    c.train = common.train(
+        400_000,
+        log_every=50,
+        checkpoint_every=2000,
+        eval_every=5000,
+        eval_batches=200,
+        sample_every=750,
+    )
 
     if args["tiny"]:
         c.data.synthetic = True
         c.data.crop_frames = 64
         c.data.random_crop = True
-        c.data.global_batch_size = 8  # divisible by 8: the same run works on 1 or 8 devices
+        common.make_tiny(c)
         c.data.stats_examples = 32
-        c.data.read_threads = 2
         c.model.ch = 16
         c.model.num_groups = 8
         c.model.ch_mult = (1, 2, 2)
@@ -117,10 +114,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.loss.disc_start = 10
         c.loss.lpaps_layers = "8,MP,16,MP,16"
         c.optim.base_lr = 1e-4
-        c.train.num_steps = 20
-        c.train.log_every = 5
-        c.train.checkpoint_every = 10
-        c.train.eval_every = 10
-        c.train.eval_batches = 2
-        c.train.sample_every = 10
     return c

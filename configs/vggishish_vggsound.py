@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
     for key in ("disc", "loss"):
         del c[key]
     c.model = type(c.model)()
+    c.model.arch = "vggishish"
     c.model.conv_layers = common.VGGISHISH16_LAYERS
     c.model.num_classes = 309
     c.model.hidden = 4096

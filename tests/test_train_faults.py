@@ -5,6 +5,7 @@ SIGTERM to `launch/train.py`.
 """
 
 import errno
+import json
 import os
 import pathlib
 import signal
@@ -24,6 +25,7 @@ from avjax import checkpoints
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
 from avjax.train import loop
+from configs import common as config_common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -61,15 +63,14 @@ def _config(num_steps=6, **train):
     c.seed = 0
     c.mesh = [("data", -1)]
     c.model = ml_collections.ConfigDict({"size": 64})
-    c.train = ml_collections.ConfigDict(
-        dict(
-            num_steps=num_steps,
-            log_every=1,
-            checkpoint_every=2,
-            keep_checkpoints=2,
-            eval_every=0,
-            sample_every=0,
-        )
+    c.train = config_common.train(
+        num_steps,
+        log_every=1,
+        checkpoint_every=2,
+        keep_checkpoints=2,
+        eval_every=0,
+        eval_batches=1,
+        sample_every=0,
     )
     c.train.update(train)
     return c
@@ -141,6 +142,17 @@ def test_wrong_config_workdir_is_refused_and_untouched(tmp_path):
     seed_only.seed = 1
     assert _run(work, seed_only, allow_config_change=True)["step"] == 8
     assert '"seed": 1' in (work / "config.json").read_text()
+
+
+def test_fields_added_since_the_run_was_made_are_not_a_config_change(tmp_path):
+    """A run made before a field existed resumes (the field's default keeps its behaviour)."""
+    work = tmp_path / "run"
+    _run(work, _config(2))
+    old = json.loads((work / "config.json").read_text())
+    del old["train"]["fsdp_min_size"]
+    (work / "config.json").write_text(json.dumps(old))
+    assert _run(work, _config(4))["step"] == 4
+    assert '"fsdp_min_size"' in (work / "config.json").read_text()
 
 
 def _damage(step_dir: pathlib.Path):

@@ -52,6 +52,7 @@ RESUMABLE_FIELDS = frozenset(
     }
 )
 LOCK_FILE = "train.lock"
+ABSENT = "<absent>"  # a field one of two compared configs does not have
 
 
 def _to_json(config) -> str:
@@ -75,11 +76,10 @@ def _flatten(tree, prefix: str = "") -> dict:
 def config_differences(old: dict, new: dict) -> dict[str, tuple]:
     """Dotted fields whose values differ between two config dicts: `{field: (old, new)}`."""
     a, b = _flatten(old), _flatten(new)
-    missing = "<absent>"
     return {
-        k: (a.get(k, missing), b.get(k, missing))
+        k: (a.get(k, ABSENT), b.get(k, ABSENT))
         for k in sorted(set(a) | set(b))
-        if a.get(k, missing) != b.get(k, missing)
+        if a.get(k, ABSENT) != b.get(k, ABSENT)
     }
 
 
@@ -89,7 +89,8 @@ def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
     Raises `UserError` for a path that is not valid UTF-8 (Orbax's TensorStore cannot
     write to it) and for a workdir whose `config.json` differs from `config` in fields
     outside `RESUMABLE_FIELDS`, naming them (old -> new). With `allow_config_change`
-    the differences are only logged.
+    the differences are only logged. Fields the old config lacks (added by a later avjax,
+    whose defaults keep the old behaviour) are logged, not refused.
 
     Returns:
       Whether `config.json` needs (re)writing.
@@ -116,6 +117,14 @@ def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
             ) from None
         old = {}
     diffs = {k: v for k, v in config_differences(old, new).items() if k not in RESUMABLE_FIELDS}
+    added = {k: b for k, (a, b) in diffs.items() if a == ABSENT}
+    if added:
+        logging.warning(
+            "config fields new since %s was made (their defaults): %s",
+            printable_path(workdir),
+            "; ".join(f"{k}={b!r}" for k, b in added.items()),
+        )
+        diffs = {k: v for k, v in diffs.items() if k not in added}
     if diffs and not allow_config_change:
         shown = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diffs.items())[:8]]
         more = f" and {len(diffs) - 8} more" if len(diffs) > 8 else ""
@@ -289,7 +298,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
     )
     rng = jax.random.PRNGKey(config.seed)
     abstract = jax.eval_shape(task.init, rng)
-    state_sh = shd.state_shardings(abstract, mesh, min_size=tc.get("fsdp_min_size", 2**18))
+    state_sh = shd.state_shardings(abstract, mesh, min_size=tc.fsdp_min_size)
     batch_sh = shd.batch_sharding(mesh)
     repl = shd.replicated(mesh)
 
@@ -361,7 +370,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
                 and tc.eval_every
                 and (step % tc.eval_every == 0 or step == tc.num_steps)
             ):
-                results = evaluate(eval_step, state, eval_iter_fn(), mesh, tc.get("eval_batches"))
+                results = evaluate(eval_step, state, eval_iter_fn(), mesh, tc.eval_batches)
                 writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
                 logging.info("eval at step %d: %s", step, results)
                 last.update({f"eval/{k}": v for k, v in results.items()})
