@@ -368,3 +368,10 @@ def test_cli_sigterm_saves_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from step {step}" in r.stderr
     assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()) == [step, step + 2]
+
+
+def test_the_train_step_refuses_implicit_transfers(tmp_path, monkeypatch):
+    """A batch that is not already a global device array is an error, not a silent copy."""
+    monkeypatch.setattr(loop.shd, "global_batch", lambda local, mesh: local)  # host numpy
+    with pytest.raises(Exception, match=r"(?i)disallowed host-to-device transfer"):
+        _run(tmp_path / "run", _config(2))

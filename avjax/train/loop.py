@@ -353,7 +353,12 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
             batch = next_batch()
             if sample_batch is None:
                 sample_batch = batch
-            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            # No implicit host<->device copies inside the step (an accidental round trip
+            # is an error, as in big_vision); the batch arrives as global arrays.
+            with (
+                jax.profiler.StepTraceAnnotation("train", step_num=step),
+                jax.transfer_guard("disallow"),
+            ):
                 state, metrics = train_step(state, batch)
             if step == start + 1:
                 progress.reset(step)
