@@ -1,8 +1,11 @@
 """Melception (Inception-v3 on log-mels) on VGGSound, 309 classes: SpecVQGAN's FID/MKL network.
 
-Spec A3: torchvision Inception3 with a 1-channel first conv, no max-pools, BatchNorm eps 1e-3,
-the aux head kept (not trained on); per-bin standardised [0, 1] mels centre-cropped to 80x848;
-Adam 3e-4 (0.9, 0.999), weight decay 0, batch 8; reference top-1 44.49, mAP 47.58.
+Official recipe (docs/specvqgan.md A3): torchvision Inception3 with a 1-channel first
+conv, no max-pools, BatchNorm eps 1e-3, the aux head kept (not trained on); per-bin
+standardised [0, 1] mels centre-cropped to 80x848;
+Adam 3e-4 (0.9, 0.999), weight decay 0, batch 8.
+Expected results: the official README's reference is top-1 44.49, mAP 47.58 on the
+VGGSound test split; ours not measured at full scale (CPU-only development).
 
   python launch/train.py --config configs/melception_vggsound.py --workdir workdirs/melception \
       --config.data.dir=/data/vggsound --config.data.labels_csv=/data/vggsound.csv

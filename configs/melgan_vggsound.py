@@ -8,6 +8,10 @@ channels, ngf 32,
 and discriminator 16,924,086 parameters. The input is the same [0, 1] log-mel the codebook
 uses, so vocoded codebook/transformer outputs need no conversion beyond (x + 1) / 2.
 
+Expected results: the official run is judged by listening and `mel_l1`; avjax has not
+trained it at scale (CPU-only development). Vocoding 10 s takes 0.34 s on the 2-core
+reference CPU (README, Benchmarks). The released generator converts exactly (tests).
+
 Train (the official layout with `<id>_audio.npy` beside `<id>_mel.npy`, as written by
 `launch/preprocess.py`):
   python launch/train.py --config configs/melgan_vggsound.py \

@@ -2,6 +2,7 @@
 
 Official `configs/vas_transformer.yaml` differs only in 128 codes (the VAS codebook) and
 base lr 1e-6 (batch 2 as VGGSound); sampling uses top-k 64 (README, VAS codebook).
+Expected results: the paper's VAS FID / MKL; none of ours at full scale.
 
   python launch/train.py --config configs/specvqgan_transformer_vas.py \
       --workdir workdirs/transformer_vas --config.data.dir=/data/vas/features \

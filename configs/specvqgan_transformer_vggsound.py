@@ -6,6 +6,12 @@ Paper values (official `configs/vggsound_transformer.yaml`): GPT with 24 layers,
 265 code positions; AdamW (0.9, 0.95), weight decay 0.01 on Linear kernels; lr = 5e-6 x
 global batch (official batch 2 per GPU). Sampling as the README's evaluation: top-k 512.
 
+Expected results: the paper reports FID and MKL of the sampled spectrograms against the
+VGGSound test set (Melception features, `launch/evaluate.py`), per feature variant (212 /
+5 / 1 features, No Feats); avjax has not trained this config at scale (CPU-only
+development), so no number of ours is claimed. Sampling one 10-s clip at batch 1 takes
+~12-16 s on the 2-core reference CPU (README, Benchmarks).
+
 Train (needs a trained codebook; its codes are extracted into data.codes_dir on first use):
   python launch/train.py --config configs/specvqgan_transformer_vggsound.py \
       --workdir workdirs/transformer_vggsound --config.data.dir=/data/vggsound \

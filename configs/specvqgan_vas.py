@@ -1,7 +1,8 @@
 """SpecVQGAN spectrogram codebook on VAS: the VGGSound config with VAS's three changes.
 
 Official `configs/vas_codebook.yaml` differs only in 128 codes, base lr 1e-6 and the
-discriminator starting at step 2001.
+discriminator starting at step 2001. Expected results: as `specvqgan_vggsound.py` (the
+paper's VAS tables; none of ours at full scale).
 
   python launch/train.py --config configs/specvqgan_vas.py \
       --workdir workdirs/codebook_vas --config.data.dir=/data/vas/features

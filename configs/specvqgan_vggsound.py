@@ -11,6 +11,12 @@ Train (official layout, e.g. built by `launch/preprocess.py`):
       --workdir workdirs/codebook_vggsound --config.data.dir=/data/vggsound
 On N GPUs scale the batch: `--config.data.global_batch_size=24` (lr follows).
 
+Expected results: the paper (Iashin & Rahtu 2021) judges the codebook by its
+reconstructions and by the transformer sampling on it (FID / MKL with Melception, its
+Tables 1-2); avjax has not trained this config to convergence (CPU-only development), so
+no number of ours is claimed. Speed: 16.5 s per step at batch 2 on the 2-core reference
+CPU (README, Benchmarks).
+
 CPU smoke run on the embedded synthetic data (seconds per step):
   python launch/train.py --config configs/specvqgan_vggsound.py:tiny --workdir workdirs/tiny
 """

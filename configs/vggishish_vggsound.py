@@ -3,7 +3,9 @@
 A trained one can serve as the LPAPS backbone of a codebook
 (`--config.loss.lpaps_backbone=WORKDIR`); note the released codebooks used a random one.
 Official recipe: per-bin standardised [0,1] mels, centre crop 80x848, Adam 3e-4
-(0.9, 0.999) with weight decay 1e-4, batch 32; reference top-1 34.70, mAP 36.63.
+(0.9, 0.999) with weight decay 1e-4, batch 32.
+Expected results: the official README's reference is top-1 34.70, mAP 36.63 on the
+VGGSound test split; ours not measured at full scale (CPU-only development).
 
   python launch/train.py --config configs/vggishish_vggsound.py --workdir workdirs/vggishish \
       --config.data.dir=/data/vggsound --config.data.labels_csv=/data/vggsound.csv

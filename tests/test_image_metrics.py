@@ -56,7 +56,7 @@ def test_ssim_gaussian_wang_and_multichannel():
 
 
 def test_paper_range_inflates_ssim_of_a_black_prediction():
-    """Spec 1.10: with data_range 2.0 an all-black frame already scores high on a digit frame."""
+    """data_range 2.0: a black frame already scores high on a digit (docs/sound2sight.md 1.10)."""
     x, _, _ = _digit_pair()
     black = np.zeros_like(x)
     paper = float(iq.ssim_paper(black[..., None], x[..., None]))
