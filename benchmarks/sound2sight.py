@@ -60,6 +60,8 @@ def main():
     skip = set(filter(None, args.skip.split(",")))
 
     c = sound2sight_m3so_nb.get_config("tiny" if args.config == "tiny" else None)
+    if c.train.steps_per_epoch is None:
+        c.train.steps_per_epoch = 8000 // 110  # M3SO-NB's training set at the paper batch
     c.data.n_past, c.data.n_future, c.data.n_eval = 5, 15, 25
     c.loss.steps_per_epoch = 1  # adversarial terms on (as after the first epoch)
     if args.official:

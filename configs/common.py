@@ -44,7 +44,7 @@ def experiment(task: str, seed: int, dtype: str = "float32") -> ml_collections.C
 
 
 def train(
-    num_steps: int,
+    num_steps: int | None,
     *,
     log_every: int,
     checkpoint_every: int,
@@ -53,9 +53,17 @@ def train(
     sample_every: int,
     keep_checkpoints: int = 3,
 ) -> ml_collections.ConfigDict:
-    """The `train` section the generic loop reads (every field, so all can be overridden)."""
+    """The `train` section the generic loop reads (every field, so all can be overridden).
+
+    Run length: `num_steps`, or (with `num_steps=None`) `num_epochs` passes over the
+    training data; `steps_per_epoch` is derived from the dataset size and the global batch
+    unless set (`avjax.train.schedule.resolve_steps`).
+    """
     t = ml_collections.ConfigDict()
+    t.num_steps = ml_collections.config_dict.placeholder(int)
     t.num_steps = num_steps
+    t.num_epochs = ml_collections.config_dict.placeholder(int)
+    t.steps_per_epoch = ml_collections.config_dict.placeholder(int)
     t.log_every = log_every
     t.checkpoint_every = checkpoint_every
     t.keep_checkpoints = keep_checkpoints

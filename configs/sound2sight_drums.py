@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from configs import common, sound2sight_m3so_nb
 
-TRAIN_CLIPS = 6000
-
 
 def get_config(arg: str | None = None):
     args = common.parse_arg(arg, tiny=False)
@@ -35,8 +33,6 @@ def get_config(arg: str | None = None):
     c.data.audio_shape = (45, 17)
     c.data.frame_scale = "255"
     c.data.fps = 30.0
-    c.loss.steps_per_epoch = TRAIN_CLIPS // c.data.global_batch_size
-    c.train.num_steps = 1001 * c.loss.steps_per_epoch
     c.eval.report_frames = (16, 30, 45)
     if args["tiny"]:
         sound2sight_m3so_nb.apply_tiny(c, n_past=5, n_future=5, n_eval=10)

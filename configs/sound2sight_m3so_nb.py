@@ -93,7 +93,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.beta_gen = 1e-4
     c.loss.adv_epochs = (1, 301, 601, 901)
     c.loss.adv_multipliers = (0.0, 1.0, 5.0, 10.0, 100.0)
-    c.loss.steps_per_epoch = 72  # floor(8000 train clips / 110); set for other sizes
     c.loss.gen_mismatch_target = 0  # official: 1
 
     c.optim = ml_collections.ConfigDict()
@@ -103,15 +102,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
 
-    # niter 1001 epochs of 72 steps
+    # niter 1001 epochs (of 8000 // 110 = 72 steps on M3SO-NB, derived from the data)
     c.train = common.train(
-        1001 * 72,
+        None,
         log_every=50,
         checkpoint_every=720,
         eval_every=720,
         eval_batches=4,
         sample_every=720,
     )
+    c.train.num_epochs = 1001
     c.train.sample_clips = 4
     c.train.sample_count = 5
 
@@ -144,8 +144,7 @@ def apply_small(c: ml_collections.ConfigDict):
     c.model.dim_ff = 64
     c.model.num_heads = 2
     c.disc.rnn_size = 64
-    c.loss.steps_per_epoch = 2000 // 16
-    c.train.num_steps = 3000
+    c.train.num_steps, c.train.num_epochs = 3000, None
     c.train.log_every = 50
     c.train.checkpoint_every = 250
     c.train.eval_every = 500
@@ -168,8 +167,8 @@ def apply_tiny(c: ml_collections.ConfigDict, n_past: int = 5, n_future: int = 5,
     c.model.dim_ff = 32
     c.model.num_heads = 2
     c.disc.rnn_size = 32
-    c.loss.steps_per_epoch = 5  # adversarial terms from step 5 on
-    c.train.num_steps = 30
+    c.train.steps_per_epoch = 5  # short epochs: the adversarial terms start at step 5
+    c.train.num_steps, c.train.num_epochs = 30, None
     c.train.log_every = 5
     c.train.checkpoint_every = 10
     c.train.eval_every = 10

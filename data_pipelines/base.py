@@ -39,6 +39,7 @@ class Inputs:
     stats: dict[str, np.ndarray]
     class_names: tuple[str, ...]
     data_dir: pathlib.Path
+    num_train_examples: int  # this process's view of the whole train split (all hosts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -294,4 +294,6 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
         eval_src = opener(d.eval_split)
         eval_iter_fn = lambda: iter(make_dataset(eval_src, seed=config.seed, train=False, **common))
     stats = {"codes_grid": np.asarray(codes_lib.load_codes(codes_dir, d.train_split)[2]["grid"])}
-    return base.Inputs(train_iter, eval_iter_fn, stats, train_src.class_names, data_dir)
+    return base.Inputs(
+        train_iter, eval_iter_fn, stats, train_src.class_names, data_dir, len(train_src)
+    )

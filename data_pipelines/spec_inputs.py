@@ -75,4 +75,6 @@ def _make(config, check_labels: bool) -> base.Inputs:
             eval_src, seed=config.seed, train=False, **common
         )
     stats = mel_stats(train_src, d.stats_examples, d.crop_frames)
-    return base.Inputs(train_iter, eval_iter_fn, stats, train_src.class_names, data_dir)
+    return base.Inputs(
+        train_iter, eval_iter_fn, stats, train_src.class_names, data_dir, len(train_src)
+    )

@@ -275,4 +275,4 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
             )
         )
     class_names = tuple(train_src.metadata.get("class_names", ()))
-    return base.Inputs(iter(train_ds), eval_iter_fn, {}, class_names, data_dir)
+    return base.Inputs(iter(train_ds), eval_iter_fn, {}, class_names, data_dir, len(train_src))

@@ -323,4 +323,4 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
         eval_iter_fn = lambda: iter(make_wave_dataset(eval_src, train=False, **common))
         if d.num_sample_clips:
             stats = sample_clips(eval_src, min(d.num_sample_clips, len(eval_src)))
-    return base.Inputs(train_iter, eval_iter_fn, stats, (), data_dir)
+    return base.Inputs(train_iter, eval_iter_fn, stats, (), data_dir, len(train_src))

@@ -22,7 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from avjax.models.specvqgan.code_encoder import CodeEncoder
-from avjax.train import loop
+from avjax.train import loop, schedule
 from avjax.train.tasks import make_task
 from avjax.train.validate import check_config
 from data_pipelines.inputs import ModelFns, make_inputs
@@ -46,6 +46,7 @@ def main(argv):
     check_config(config, jax.device_count(), jax.process_count())  # before any data or compile
     loop.check_workdir(config, workdir, FLAGS.allow_config_change)  # before any work
     inputs = make_inputs(config, ModelFns(code_encoder=CodeEncoder))  # codes on first use
+    schedule.resolve_steps(config, inputs.num_train_examples)  # epochs -> steps
     task = make_task(config, inputs.stats)
     try:
         last = loop.train(

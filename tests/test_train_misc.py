@@ -67,3 +67,32 @@ def test_split_lists_for_preprocessed_folder(tmp_path):
     valid = (tmp_path / "vggsound_valid.txt").read_text().split()
     assert not set(train) & set(valid)
     assert write_split_lists(tmp_path, 0.5) == counts  # existing lists are kept
+
+
+def test_epoch_schedules_follow_the_dataset_and_batch():
+    """Sound2Sight's 1001 epochs: steps come from the data size and the global batch."""
+    from avjax.errors import UserError
+    from avjax.train import schedule
+    from configs import sound2sight_m3so_nb
+
+    c = sound2sight_m3so_nb.get_config()
+    assert c.train.num_steps is None and c.train.num_epochs == 1001
+    schedule.resolve_steps(c, num_train_examples=8000)
+    assert (c.train.steps_per_epoch, c.train.num_steps) == (72, 1001 * 72)  # 8000 // 110
+
+    c = sound2sight_m3so_nb.get_config()
+    c.data.global_batch_size = 16  # overriding the batch keeps the epochs
+    schedule.resolve_steps(c, num_train_examples=8000)
+    assert (c.train.steps_per_epoch, c.train.num_steps) == (500, 1001 * 500)
+
+    c = sound2sight_m3so_nb.get_config()
+    c.train.num_steps = 30  # an explicit run length wins
+    schedule.resolve_steps(c, num_train_examples=8000)
+    assert (c.train.steps_per_epoch, c.train.num_steps) == (72, 30)
+
+    c = sound2sight_m3so_nb.get_config("tiny")  # explicit short epochs are kept
+    schedule.resolve_steps(c, num_train_examples=64)
+    assert (c.train.steps_per_epoch, c.train.num_steps) == (5, 30)
+
+    with pytest.raises(UserError, match="global_batch_size=110 is larger than the 50"):
+        schedule.resolve_steps(sound2sight_m3so_nb.get_config(), num_train_examples=50)

@@ -20,7 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def tiny_config():
     c = sound2sight_m3so_nb.get_config("tiny")
     c.data.n_past, c.data.n_future = 2, 4  # T = 6: 3 discriminator windows
-    c.loss.steps_per_epoch = 1  # adversarial terms on from the second step
+    c.train.steps_per_epoch = 1  # adversarial terms on from the second step
     # Adam's first update is ~lr * sign(g): a larger eps keeps it proportional to g, so
     # near-zero gradients that differ in the last bits do not flip whole updates.
     c.optim.eps = 1e-3

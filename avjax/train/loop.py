@@ -43,6 +43,8 @@ RESUMABLE_FIELDS = frozenset(
     {
         "data.dir",  # the same dataset, moved (or given to a converted run)
         "train.num_steps",
+        "train.num_epochs",
+        "train.steps_per_epoch",  # derived from the data at every start unless set
         "train.log_every",
         "train.eval_every",
         "train.eval_batches",

@@ -81,7 +81,11 @@ def check_config(config: Mapping, num_devices: int, num_processes: int = 1) -> N
     Raises:
       UserError naming the first bad field (`config.<dotted.name>`) and the expected value.
     """
-    _int_at_least(config, "train.num_steps", 1, required=True)
+    if _get(config, "train.num_steps") is None and _get(config, "train.num_epochs") is None:
+        raise UserError("set config.train.num_steps or config.train.num_epochs (run length)")
+    _int_at_least(config, "train.num_steps", 1)
+    _int_at_least(config, "train.num_epochs", 1)
+    _int_at_least(config, "train.steps_per_epoch", 1)
     _int_at_least(config, "train.log_every", 1, " (0 would log never; use a large value)")
     _int_at_least(config, "train.checkpoint_every", 1, " (steps between checkpoints)")
     _int_at_least(config, "train.keep_checkpoints", 1)

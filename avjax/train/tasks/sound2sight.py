@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from avjax.errors import UserError
 from avjax.images import FRAME_SCALES, frames01
 from avjax.losses.kl import kl_criterion
 from avjax.metrics import image_quality as iq
@@ -46,16 +47,24 @@ __all__ = ["FRAME_SCALES", "LossConfig", "Sound2SightTask", "frames01", "model_f
 class LossConfig:
     """Loss weights and schedule (config field `loss`)."""
 
+    # From the dataset size and batch (config.train.steps_per_epoch); None only for uses
+    # that never train (conversion, sampling).
+    steps_per_epoch: int | None
     beta: float = 1e-4
     beta_gen: float = 1e-4
     adv_epochs: tuple[int, ...] = (1, 301, 601, 901)
     adv_multipliers: tuple[float, ...] = (0.0, 1.0, 5.0, 10.0, 100.0)
-    steps_per_epoch: int = 72
     gen_mismatch_target: int = 0
     train_disc_encoders: bool = True
 
     def adv_weight(self, step: jax.Array) -> jax.Array:
         """Traced adversarial weight at (0-based) `step`."""
+        if self.steps_per_epoch is None:
+            raise UserError(
+                "config.train.steps_per_epoch is unset: launch/train.py derives it from the "
+                "dataset size (avjax.train.schedule.resolve_steps); set it when training "
+                "the task yourself"
+            )
         epoch = step // self.steps_per_epoch
         idx = jnp.searchsorted(jnp.asarray(self.adv_epochs), epoch, side="right")
         return self.beta_gen * jnp.asarray(self.adv_multipliers, jnp.float32)[idx]
@@ -147,7 +156,7 @@ class Sound2SightTask:
             beta_gen=lc.beta_gen,
             adv_epochs=tuple(lc.adv_epochs),
             adv_multipliers=tuple(float(v) for v in lc.adv_multipliers),
-            steps_per_epoch=lc.steps_per_epoch,
+            steps_per_epoch=config.train.steps_per_epoch,
             gen_mismatch_target=lc.gen_mismatch_target,
             train_disc_encoders=config.disc.train_encoders,
         )
