@@ -3,7 +3,9 @@
 Mesh -> abstract state -> sharded init or restore -> jitted step (donated state) ->
 periodic logging, evaluation, checkpoints and samples. What is model-specific lives in
 a `Task` (see `avjax.train.task`); input iterators come from the caller, so the
-library never depends on a particular input pipeline.
+library never depends on a particular input pipeline. Besides the task's `eval_step`
+(`train.eval_every`), the evaluators a config declares in `config.evals` (`avjax.evals`,
+big_vision style) run on the eval split every `config.evals.<name>.every` steps.
 
 What a user has is never lost: a workdir holding another config is refused before
 anything is written, one trainer at a time holds a workdir (an `flock` the kernel drops
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from avjax import evals as evals_lib
 from avjax.checkpoints import abstract_with_shardings
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
@@ -51,7 +54,13 @@ RESUMABLE_FIELDS = frozenset(
         "train.keep_checkpoints",
     }
 )
+# ... and anything under `evals` (which evaluators run, how often, on how many clips).
+RESUMABLE_PREFIXES = ("evals.",)
 LOCK_FILE = "train.lock"
+
+
+def _resumable(field: str) -> bool:
+    return field in RESUMABLE_FIELDS or field.startswith(RESUMABLE_PREFIXES)
 
 
 def _to_json(config) -> str:
@@ -88,8 +97,8 @@ def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
 
     Raises `UserError` for a path that is not valid UTF-8 (Orbax's TensorStore cannot
     write to it) and for a workdir whose `config.json` differs from `config` in fields
-    outside `RESUMABLE_FIELDS`, naming them (old -> new). With `allow_config_change`
-    the differences are only logged.
+    outside `RESUMABLE_FIELDS` / `RESUMABLE_PREFIXES`, naming them (old -> new). With
+    `allow_config_change` the differences are only logged.
 
     Returns:
       Whether `config.json` needs (re)writing.
@@ -115,7 +124,7 @@ def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
                 "to replace it with this run's config"
             ) from None
         old = {}
-    diffs = {k: v for k, v in config_differences(old, new).items() if k not in RESUMABLE_FIELDS}
+    diffs = {k: v for k, v in config_differences(old, new).items() if not _resumable(k)}
     if diffs and not allow_config_change:
         shown = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diffs.items())[:8]]
         more = f" and {len(diffs) - 8} more" if len(diffs) > 8 else ""
@@ -281,6 +290,12 @@ def train(
 def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
     tc = config.train
     is_main = jax.process_index() == 0
+    evaluators = evals_lib.loop_evaluators(config, task)  # config mistakes stop here
+    if evaluators and eval_iter_fn is None:
+        raise UserError(
+            f"config.evals ({', '.join(evaluators)}) needs an eval split: "
+            "set config.data.eval_split"
+        )
 
     # Mesh and state shardings.
     mesh = shd.make_mesh(config.mesh)
@@ -365,6 +380,13 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
                 writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
                 logging.info("eval at step %d: %s", step, results)
                 last.update({f"eval/{k}": v for k, v in results.items()})
+            for name, (every, run_eval) in evaluators.items():
+                if step % every == 0 or step == tc.num_steps:
+                    results = run_evaluator(run_eval, state, eval_iter_fn, step, multiprocess)
+                    results = {f"evals/{name}/{k}": v for k, v in results.items()}
+                    writer.scalars(step, results)
+                    logging.info("evals/%s at step %d: %s", name, step, results)
+                    last.update(results)
             if multiprocess:
                 stop = "SIGTERM" if ckpt.reached_preemption(step) else None
             else:
@@ -396,6 +418,24 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
         ckpt.close()
         writer.close()
     return last
+
+
+def run_evaluator(run_eval, state, eval_iter_fn, step: int, multiprocess: bool) -> dict:
+    """One `config.evals` evaluator on process 0: the state gathered to host, its scalars.
+
+    Every process takes part in gathering the (sharded) state; process 0 then evaluates its
+    own eval batches (with several processes, its share of the split) and the others
+    return {}.
+    """
+    if multiprocess:
+        from jax.experimental import multihost_utils
+
+        host = multihost_utils.process_allgather(state, tiled=True)
+    else:
+        host = jax.device_get(state)
+    if jax.process_index() != 0:
+        return {}
+    return {k: float(v) for k, v in run_eval(host, eval_iter_fn(), step).items()}
 
 
 def evaluate(eval_step, state, eval_iter, mesh, max_batches: int | None = None) -> dict[str, float]:
