@@ -203,6 +203,19 @@ def test_loop_evaluators_from_the_config():
         assert what
 
 
+def test_loop_refuses_evals_without_an_eval_split_before_writing(tmp_path):
+    from avjax.train import loop
+
+    c = _s2s_config()
+    c.evals = ml_collections.ConfigDict({"vp": {"every": 5}})
+    with pytest.raises(UserError, match="needs an eval split"):
+        loop.train(c, tmp_path / "w", _StubTask(), iter([]), None)
+    c.evals.vp.every = -1
+    with pytest.raises(UserError, match="every=-1"):
+        loop.train(c, tmp_path / "w", _StubTask(), iter([]), lambda: iter([]))
+    assert not (tmp_path / "w").exists()
+
+
 def test_evals_fields_change_on_resume(tmp_path):
     from avjax.train import loop
 

@@ -262,7 +262,8 @@ def train(
       workdir: run directory (config.json, checkpoints/, tensorboard/, samples/, eval/).
       task: the model family's init / train_step / eval_step / samples.
       train_iter: checkpointable Grain iterator of process-local train batches.
-      eval_iter_fn: returns a fresh finite iterator of process-local eval batches.
+      eval_iter_fn: returns a fresh finite iterator of process-local eval batches (the
+        task's `eval_step` and the `config.evals` evaluators read them).
       allow_config_change: resume a workdir whose config.json differs from `config`
         outside `RESUMABLE_FIELDS` (and rewrite it); refused with `UserError` otherwise.
 
@@ -271,24 +272,11 @@ def train(
       (`"SIGTERM"` / `"SIGINT"`) when a signal stopped the run after saving that step.
 
     Raises:
-      UserError: another config's workdir, a non-UTF-8 workdir, a workdir another trainer
-        holds, a full disk while saving.
+      UserError: a bad `config.evals` section, another config's workdir, a non-UTF-8
+        workdir, a workdir another trainer holds, a full disk while saving.
       FloatingPointError: a non-finite metric or train state; nothing non-finite is saved.
     """
     workdir = pathlib.Path(workdir)
-    is_main = jax.process_index() == 0
-    write_config = check_workdir(config, workdir, allow_config_change)
-    with contextlib.ExitStack() as stack:
-        if is_main:
-            workdir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(workdir_lock(workdir))
-            if write_config:
-                (workdir / "config.json").write_text(_to_json(config))
-        return _train_locked(config, workdir, task, train_iter, eval_iter_fn)
-
-
-def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
-    tc = config.train
     is_main = jax.process_index() == 0
     evaluators = evals_lib.loop_evaluators(config, task)  # config mistakes stop here
     if evaluators and eval_iter_fn is None:
@@ -296,6 +284,19 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
             f"config.evals ({', '.join(evaluators)}) needs an eval split: "
             "set config.data.eval_split"
         )
+    write_config = check_workdir(config, workdir, allow_config_change)
+    with contextlib.ExitStack() as stack:
+        if is_main:
+            workdir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(workdir_lock(workdir))
+            if write_config:
+                (workdir / "config.json").write_text(_to_json(config))
+        return _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators)
+
+
+def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -> dict:
+    tc = config.train
+    is_main = jax.process_index() == 0
 
     # Mesh and state shardings.
     mesh = shd.make_mesh(config.mesh)
