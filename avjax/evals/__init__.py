@@ -6,9 +6,11 @@ run, builds the evaluator with the data it reads (`data_pipelines`) and writes t
 
   config.evals.sample = dict(every=1000, num_samples=10, max_clips=200)
 
-runs `EVALUATORS[config.evals.sample.get("type", config.task)]` on the eval split every
-1000 steps (and at the last step) and logs its scalars as `evals/sample/<name>`
-(`loop_evaluators`). Evaluators never import `avjax.train`, `data_pipelines` or `launch`.
+in the config file (launch/train.py locks configs: `--config.evals.sample.every=N` then
+changes it) runs `EVALUATORS[config.evals.sample.get("type", config.task)]` on the eval
+split every 1000 steps (and at the last step) and logs its scalars as
+`evals/sample/<name>` (`loop_evaluators`). Evaluators never import `avjax.train`,
+`data_pipelines` or `launch`.
 """
 
 from __future__ import annotations
