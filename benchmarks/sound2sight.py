@@ -116,20 +116,20 @@ def main():
         )
         result.update(rollout_20_frames_s=round(s, 4), rollout_all_s=times)
     if "eval" not in skip:
-        from launch.evaluators.sound2sight import make_batch_metrics
+        from avjax.evals.video_prediction import make_batch_metrics
 
         b = batch(1, 30)
-        fn = make_batch_metrics(task, args.eval_samples, 10, with_iou=False)
-        v = {"params": state["params"]["gen"], "batch_stats": state["batch_stats"]["gen"]}
-        s, times = min_time(
-            fn,
-            v,
-            b["frames"],
-            b["audio"],
-            jnp.zeros((1, 4), jnp.int32),
-            jax.random.PRNGKey(2),
-            repeats=max(2, args.repeats // 2),
+        fn = make_batch_metrics(
+            task.sample_futures,
+            n_past=task.gen.n_past,
+            frame_scale=task.frame_scale,
+            num_samples=args.eval_samples,
+            chunk=10,
+            with_iou=False,
         )
+        v = {part: {"gen": state[part]["gen"]} for part in ("params", "batch_stats")}
+        arrays = {"frames": b["frames"], "audio": b["audio"], "block": jnp.zeros((1, 4), jnp.int32)}
+        s, times = min_time(fn, v, arrays, jax.random.PRNGKey(2), repeats=max(2, args.repeats // 2))
         result.update(
             eval_100_samples_1_clip_30_frames_s=round(s, 4),
             eval_all_s=times,

@@ -1,21 +1,26 @@
-"""Evaluates a trained run; the metrics depend on the run's task (from W/config.json).
+"""Evaluates a trained run with the evaluator of its task (`avjax.evals.EVALUATORS`).
 
-  python launch/evaluate.py --workdir W --split test               # SpecVQGAN transformer: FID, MKL
-  python launch/evaluate.py --workdir W --num_samples 100          # Sound2Sight: SSIM, PSNR
+  python launch/evaluate.py --workdir W --split test --melception M  # SpecVQGAN: FID, MKL, ISC
+  python launch/evaluate.py --workdir W --num_samples 100            # Sound2Sight: SSIM, PSNR
 
-Writes W/eval/<name>.json and <name>.md.
+Reads W/config.json, builds the split's data with `data_pipelines` and the model from the
+run, runs the evaluator, prints its markdown tables and writes W/eval/<split>.json and .md.
 """
 
-import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import ml_collections
+import jax
+import numpy as np
 from absl import flags
 
+from avjax import runs
 from avjax.errors import UserError
+from avjax.evals import EVALUATORS, tables
+from avjax.evals import audio_generation as ag
+from avjax.evals.video_prediction import VideoPredictionEvaluator
 from launch import common
 
 flags.DEFINE_string("workdir", None, "trained run directory (its config.json names the task)")
@@ -30,16 +35,6 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
-def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise UserError(f"--workdir: {path} not found; is {workdir} an avjax run?")
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"--workdir: {path} is not a readable run config ({e})") from None
-
-
 def check_flags() -> None:
     """Flag values, before anything is read."""
     for name in ("num_samples", "batch_size", "max_clips"):
@@ -52,25 +47,135 @@ def check_flags() -> None:
         raise UserError(f"--melception: {FLAGS.melception} does not exist")
 
 
+def _load_run(workdir: pathlib.Path, task: str) -> runs.Run:
+    try:
+        return runs.load_run(workdir, task)
+    except UserError as e:
+        raise UserError(f"--workdir: {e}") from None
+
+
+def video_prediction(config, workdir: pathlib.Path) -> tuple[dict, str]:
+    """Sound2Sight: the split's clips (data_pipelines), the run's sampler and generator."""
+    from avjax.train.tasks import make_task
+    from data_pipelines.inputs import make_inputs
+
+    with config.unlocked():
+        config.data.eval_split = FLAGS.split
+        config.data.global_batch_size = FLAGS.batch_size or config.eval.batch_size
+    try:  # data problems stop here, before the checkpoint is read or anything compiles
+        inputs = make_inputs(config)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--split={FLAGS.split}: {err}") from None
+    if inputs.eval_iter_fn is None:
+        raise UserError(f"--split={FLAGS.split!r}: no such split to evaluate")
+    task = make_task(config, inputs.stats)
+    evaluator = VideoPredictionEvaluator.from_config(
+        config, task.sample_futures, num_samples=FLAGS.num_samples
+    )
+    run = _load_run(workdir, config.task)
+    state = {part: {"gen": run.state[part]["gen"]} for part in ("params", "batch_stats")}
+    result = evaluator.evaluate(
+        state,
+        inputs.eval_iter_fn(),
+        rng=jax.random.PRNGKey(FLAGS.seed),
+        split=FLAGS.split,
+        step=run.step,
+        max_clips=FLAGS.max_clips,
+    )
+    return result, evaluator.markdown(result)
+
+
+def audio_clips(config, split: str, max_clips: int | None, seed: int) -> ag.AudioClips:
+    """The split's real log-mels and visual features, every spectrogram checked first."""
+    from tqdm import tqdm
+
+    from data_pipelines import codes_inputs, pipeline, spec_folders
+    from data_pipelines import features as F
+
+    d = config.data
+    try:
+        data_dir = codes_inputs.resolve_data_dir(config)
+        src = spec_folders.open_spec_source(
+            data_dir, split, d.layout, labels_csv=d.get("labels_csv")
+        )
+        n = len(src) if max_clips is None else min(max_clips, len(src))
+        spec = F.FeatureSpec.from_config(config)
+        if spec.kind == "none":  # "No Feats": random features, fixed per seed and clip
+            features = lambda i: F.random_features(spec, np.random.default_rng([seed, 1, i]))
+        else:
+            paths = [F.clip_feature_paths(p, spec.kind) for p in src.paths[:n]]
+            codes_inputs._check_feature_files(paths, split)
+            features = lambda i: F.load_clip_features(paths[i], spec)
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    for i in tqdm(range(n), desc="checking spectrograms", unit="clip", leave=False):
+        src[i]  # a bad *_mel.npy stops here, naming the file, before any sampling
+    return ag.AudioClips(
+        ids=list(src.ids[:n]),
+        labels=np.asarray(src.labels[:n]),
+        class_names=src.class_names,
+        mel=lambda i: pipeline.center_crop(src[i]["mel"], ag.FRAMES),
+        features=features,
+        data_dir=str(data_dir),
+    )
+
+
+def audio_generation(config, workdir: pathlib.Path) -> tuple[dict, str]:
+    """SpecVQGAN transformer: the split's clips, a Melception scorer, the run's Video2Sound."""
+    from avjax.models.specvqgan.video2sound import Video2Sound
+
+    num_samples = FLAGS.num_samples or ag.DEFAULT_NUM_SAMPLES
+    batch = FLAGS.batch_size or ag.DEFAULT_BATCH_SIZE
+    if not FLAGS.melception:
+        ag.load_scorer(None)  # the missing-flag error, before reading anything
+    clips = audio_clips(config, FLAGS.split, FLAGS.max_clips, FLAGS.seed)
+    # One Melception call per batch: its reals and fakes together, one compiled shape.
+    scorer = ag.load_scorer(FLAGS.melception, batch_size=batch * (num_samples + 1))
+    try:
+        generator = Video2Sound.from_workdir(workdir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--workdir: {e}") from None
+    evaluator = ag.AudioGenerationEvaluator.from_config(
+        config,
+        generator,
+        scorer,
+        num_samples=num_samples,
+        batch_size=batch,
+        seed=FLAGS.seed,
+        melception=FLAGS.melception,
+    )
+    result = evaluator.evaluate(clips, split=FLAGS.split, workdir=workdir)
+    return result, evaluator.markdown(result)
+
+
+# Evaluator class -> what this launcher reads for it (data, model) and runs.
+RUNNERS = {
+    VideoPredictionEvaluator: video_prediction,
+    ag.AudioGenerationEvaluator: audio_generation,
+}
+
+
 def main(argv):
     del argv
     common.setup_jax()
     check_flags()
     workdir = pathlib.Path(FLAGS.workdir)
-    config = load_run_config(workdir)
+    try:
+        config = runs.read_config(workdir)
+    except UserError as e:
+        raise UserError(f"--workdir: {e}") from None
     if FLAGS.data_dir:
         config.data.dir = FLAGS.data_dir
-    if config.get("task") == "transformer":
-        from launch.evaluators import specvqgan as evaluator
-    elif config.get("task") == "sound2sight":
-        from launch.evaluators import sound2sight as evaluator
-    else:
+    evaluator = EVALUATORS.get(config.get("task"))
+    if evaluator is None:
         raise UserError(
-            f"--workdir: {workdir} is a {config.get('task')!r} run; evaluate.py "
-            "takes SpecVQGAN transformer and Sound2Sight runs"
+            f"--workdir: {workdir} is a {config.get('task')!r} run; evaluate.py takes runs of "
+            f"the tasks {sorted(EVALUATORS)} (SpecVQGAN transformer, Sound2Sight)"
         )
-    out = evaluator.run(config, workdir, FLAGS)
-    print(f"wrote {out}")
+    result, markdown = RUNNERS[evaluator](config, workdir)
+    json_path, md_path = tables.write(workdir / "eval", FLAGS.split, result, markdown)
+    print(markdown)
+    print(f"wrote {md_path} and {json_path}")
 
 
 if __name__ == "__main__":

@@ -515,7 +515,7 @@ def test_errors_name_the_torch_keys(converted):
 
 def test_cli_npz_run_dir_evaluates_and_resumes(converted, tmp_path):
     """`--kind sound2sight` on an .npz: evaluate's restore and training resume both load it."""
-    from launch.evaluators.sound2sight import restore_generator
+    from avjax.runs import load_run
 
     c, sd, task, w = converted
     np.savez(tmp_path / "model.npz", **sd)
@@ -523,10 +523,10 @@ def test_cli_npz_run_dir_evaluates_and_resumes(converted, tmp_path):
     run_convert_cli("sound2sight", tmp_path / "model.npz", out, "sound2sight_m3so_nb.py:tiny")
     assert json.loads((out / "config.json").read_text())["task"] == "sound2sight"
 
-    variables, step = restore_generator(out)
-    assert step == 0
+    run = load_run(out, "sound2sight")  # what launch/evaluate.py reads
+    assert run.step == 0
     for part in ("params", "batch_stats"):
-        for a, b in zip(jax.tree.leaves(w[part]["gen"]), jax.tree.leaves(variables[part]["gen"])):
+        for a, b in zip(jax.tree.leaves(w[part]["gen"]), jax.tree.leaves(run.state[part]["gen"])):
             np.testing.assert_array_equal(a, b)
 
     # What launch/train.py does on a workdir with a checkpoint: restore state + iterator.

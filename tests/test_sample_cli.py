@@ -165,11 +165,11 @@ def test_sample_cli_clear_errors(runs, vas_samples, tmp_path):
 
 
 def test_evaluate_cli(runs, vas_samples):
+    from avjax.evals.audio_generation import load_scorer
     from avjax.train.tasks.classifier import ClassifierTask
-    from launch.evaluators import specvqgan
 
     with pytest.raises(UserError, match="--melception is required"):
-        specvqgan.load_scorer(None)
+        load_scorer(None)
     mc = melception_vggsound.get_config("tiny")
     mc.model.num_classes = 8  # VAS
     stats = {"mean": np.full(80, 0.4, np.float32), "std": np.full(80, 0.2, np.float32)}
@@ -223,16 +223,14 @@ class _StubGenerator:
 
 
 @pytest.mark.parametrize("shift", [0, 1])
-def test_evaluator_pairs_fakes_with_their_clips(vas_samples, tmp_path, monkeypatch, shift):
+def test_evaluator_pairs_fakes_with_their_clips(vas_samples, tmp_path, shift):
     """FID/MKL/per-class bookkeeping with a stub generator and scorer (no models)."""
-    import types
-
     import ml_collections
 
-    from avjax.models.specvqgan import video2sound
+    from avjax.evals import tables
+    from avjax.evals.audio_generation import AudioClips, AudioGenerationEvaluator
     from data_pipelines import features as F
     from data_pipelines import pipeline, spec_folders
-    from launch.evaluators import specvqgan
 
     config = specvqgan_transformer_vggsound.get_config("tiny")
     config.data.dir = str(vas_samples)
@@ -245,13 +243,19 @@ def test_evaluator_pairs_fakes_with_their_clips(vas_samples, tmp_path, monkeypat
         [F.load_clip_features(F.clip_feature_paths(p, "resnet50"), spec) for p in src.paths]
     )
     gen = _StubGenerator(mels, feats, shift)
-    monkeypatch.setattr(video2sound.Video2Sound, "from_workdir", classmethod(lambda c, w: gen))
-    monkeypatch.setattr(specvqgan, "load_scorer", lambda path, batch_size: _StubScorer())
-    flags = types.SimpleNamespace(
-        melception="stub", split="valid", num_samples=3, batch_size=4, max_clips=None, seed=0
+    clips = AudioClips(
+        ids=list(src.ids),
+        labels=np.asarray(src.labels),
+        class_names=src.class_names,
+        mel=lambda i: mels[i],
+        features=lambda i: feats[i],
+        data_dir=str(vas_samples),
     )
-    (tmp_path / "config.json").write_text(config.to_json())
-    result = json.loads(specvqgan.run(config, tmp_path, flags).read_text())
+    evaluator = AudioGenerationEvaluator.from_config(
+        config, gen, _StubScorer(), num_samples=3, batch_size=4, seed=0, melception="stub"
+    )
+    result = evaluator.evaluate(clips, split="valid", workdir=tmp_path)
+    tables.write(tmp_path / "eval", "valid", result, evaluator.markdown(result))
     assert result["clips"] == 10 and result["num_samples"] == 3
     rows = {r["class"]: r for r in result["per_class"]}
     assert rows["dog"]["clips"] == 2 and rows["dog"]["samples"] == 6

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from avjax.images import frames01
 from avjax.train import sharding as shd
-from avjax.train.tasks.sound2sight import LossConfig, Sound2SightTask, frames01
+from avjax.train.tasks.sound2sight import LossConfig, Sound2SightTask
 from configs import sound2sight_m3so_nb
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -3,7 +3,9 @@
 Mesh -> abstract state -> sharded init or restore -> jitted step (donated state) ->
 periodic logging, evaluation, checkpoints and samples. What is model-specific lives in
 a `Task` (see `avjax.train.task`); input iterators come from the caller, so the
-library never depends on a particular input pipeline.
+library never depends on a particular input pipeline. Besides the task's `eval_step`
+(`train.eval_every`), the evaluators a config declares in `config.evals` (`avjax.evals`,
+big_vision style) run on the eval split every `config.evals.<name>.every` steps.
 
 What a user has is never lost: a workdir holding another config is refused before
 anything is written, one trainer at a time holds a workdir (an `flock` the kernel drops
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from avjax import evals as evals_lib
 from avjax.checkpoints import abstract_with_shardings
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
@@ -53,8 +56,14 @@ RESUMABLE_FIELDS = frozenset(
         "train.keep_checkpoints",
     }
 )
+# ... and anything under `evals` (which evaluators run, how often, on how many clips).
+RESUMABLE_PREFIXES = ("evals.",)
 LOCK_FILE = "train.lock"
 ABSENT = "<absent>"  # a field one of two compared configs does not have
+
+
+def _resumable(field: str) -> bool:
+    return field in RESUMABLE_FIELDS or field.startswith(RESUMABLE_PREFIXES)
 
 
 def _to_json(config) -> str:
@@ -90,9 +99,9 @@ def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
 
     Raises `UserError` for a path that is not valid UTF-8 (Orbax's TensorStore cannot
     write to it) and for a workdir whose `config.json` differs from `config` in fields
-    outside `RESUMABLE_FIELDS`, naming them (old -> new). With `allow_config_change`
-    the differences are only logged. Fields the old config lacks (added by a later avjax,
-    whose defaults keep the old behaviour) are logged, not refused.
+    outside `RESUMABLE_FIELDS` / `RESUMABLE_PREFIXES`, naming them (old -> new). With
+    `allow_config_change` the differences are only logged. Fields the old config lacks
+    (added by a later avjax, whose defaults keep the old behaviour) are logged, not refused.
 
     Returns:
       Whether `config.json` needs (re)writing.
@@ -118,7 +127,7 @@ def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
                 "to replace it with this run's config"
             ) from None
         old = {}
-    diffs = {k: v for k, v in config_differences(old, new).items() if k not in RESUMABLE_FIELDS}
+    diffs = {k: v for k, v in config_differences(old, new).items() if not _resumable(k)}
     added = {k: b for k, (a, b) in diffs.items() if a == ABSENT}
     if added:
         logging.warning(
@@ -264,7 +273,8 @@ def train(
       workdir: run directory (config.json, checkpoints/, tensorboard/, samples/, eval/).
       task: the model family's init / train_step / eval_step / samples.
       train_iter: checkpointable Grain iterator of process-local train batches.
-      eval_iter_fn: returns a fresh finite iterator of process-local eval batches.
+      eval_iter_fn: returns a fresh finite iterator of process-local eval batches (the
+        task's `eval_step` and the `config.evals` evaluators read them).
       allow_config_change: resume a workdir whose config.json differs from `config`
         outside `RESUMABLE_FIELDS` (and rewrite it); refused with `UserError` otherwise.
 
@@ -273,12 +283,18 @@ def train(
       (`"SIGTERM"` / `"SIGINT"`) when a signal stopped the run after saving that step.
 
     Raises:
-      UserError: another config's workdir, a non-UTF-8 workdir, a workdir another trainer
-        holds, a full disk while saving.
+      UserError: a bad `config.evals` section, another config's workdir, a non-UTF-8
+        workdir, a workdir another trainer holds, a full disk while saving.
       FloatingPointError: a non-finite metric or train state; nothing non-finite is saved.
     """
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0
+    evaluators = evals_lib.loop_evaluators(config, task)  # config mistakes stop here
+    if evaluators and eval_iter_fn is None:
+        raise UserError(
+            f"config.evals ({', '.join(evaluators)}) needs an eval split: "
+            "set config.data.eval_split"
+        )
     write_config = check_workdir(config, workdir, allow_config_change)
     with contextlib.ExitStack() as stack:
         if is_main:
@@ -286,10 +302,10 @@ def train(
             stack.enter_context(workdir_lock(workdir))
             if write_config:
                 (workdir / "config.json").write_text(_to_json(config))
-        return _train_locked(config, workdir, task, train_iter, eval_iter_fn)
+        return _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators)
 
 
-def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
+def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -> dict:
     tc = config.train
     is_main = jax.process_index() == 0
 
@@ -381,6 +397,13 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
                 writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
                 logging.info("eval at step %d: %s", step, results)
                 last.update({f"eval/{k}": v for k, v in results.items()})
+            for name, (every, run_eval) in evaluators.items():
+                if step % every == 0 or step == tc.num_steps:
+                    results = run_evaluator(run_eval, state, eval_iter_fn, step, multiprocess)
+                    results = {f"evals/{name}/{k}": v for k, v in results.items()}
+                    writer.scalars(step, results)
+                    logging.info("evals/%s at step %d: %s", name, step, results)
+                    last.update(results)
             if multiprocess:
                 stop = "SIGTERM" if ckpt.reached_preemption(step) else None
             else:
@@ -412,6 +435,24 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn) -> dict:
         ckpt.close()
         writer.close()
     return last
+
+
+def run_evaluator(run_eval, state, eval_iter_fn, step: int, multiprocess: bool) -> dict:
+    """One `config.evals` evaluator on process 0: the state gathered to host, its scalars.
+
+    Every process takes part in gathering the (sharded) state; process 0 then evaluates its
+    own eval batches (with several processes, its share of the split) and the others
+    return {}.
+    """
+    if multiprocess:
+        from jax.experimental import multihost_utils
+
+        host = multihost_utils.process_allgather(state, tiled=True)
+    else:
+        host = jax.device_get(state)
+    if jax.process_index() != 0:
+        return {}
+    return {k: float(v) for k, v in run_eval(host, eval_iter_fn(), step).items()}
 
 
 def evaluate(eval_step, state, eval_iter, mesh, max_batches: int | None = None) -> dict[str, float]:

@@ -40,7 +40,7 @@ from avjax.models.sound2sight.discriminator import Discriminator
 from avjax.models.sound2sight.model import Sound2Sight, rollout
 from avjax.train.tasks import common
 
-__all__ = ["FRAME_SCALES", "LossConfig", "Sound2SightTask", "frames01", "model_from_config"]
+__all__ = ["FRAME_SCALES", "LossConfig", "Sound2SightTask", "model_from_config"]
 
 
 @dataclasses.dataclass(frozen=True)
