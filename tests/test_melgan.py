@@ -12,6 +12,7 @@ from avjax.audio import mel as mel_lib
 from avjax.audio.vocoder import GriffinLimVocoder, MelGANVocoder, load_vocoder
 from avjax.checkpoints import save_imported
 from avjax.convert.melgan import PAPER, melgan_from_torch
+from avjax.errors import UserError
 from avjax.models.specvqgan import melgan
 from avjax.runs import load_run
 from avjax.train import loop
@@ -316,7 +317,7 @@ def test_imported_vocoder_from_workdir(tmp_path):
     np.testing.assert_allclose(wave[1], np_generator(sd, mel[1].astype(np.float64)), atol=1e-4)
     with pytest.raises(ValueError, match="batch"):
         voc(mel[0])
-    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+    with pytest.raises(UserError, match=r"config\.json"):  # a folder that is not a run
         load_vocoder(tmp_path)
 
 
