@@ -24,6 +24,7 @@ from avjax.audio import mel as mel_lib
 from avjax.audio import validate as mel_check
 from avjax.errors import UserError
 from avjax.models.specvqgan.codec import Codec
+from avjax.runs import read_config
 from launch import common
 
 flags.DEFINE_string("workdir", None, "codebook training run (config.json + checkpoints/)")
@@ -55,15 +56,10 @@ def load_mel(path: pathlib.Path) -> np.ndarray:
 
 def check_workdir(workdir: pathlib.Path) -> None:
     """--workdir must be a codebook run with a checkpoint (checked before any loading)."""
-    cfg = workdir / "config.json"
-    if not cfg.is_file():
-        raise UserError(f"--workdir: {cfg} not found; give a codebook training run")
     try:
-        task = json.loads(cfg.read_text()).get("task")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"--workdir: {cfg} is not a readable run config ({e})") from e
-    if task != "vqgan":
-        raise UserError(f"--workdir: {workdir} is a {task!r} run, not a codebook ('vqgan') run")
+        read_config(workdir, "vqgan")
+    except UserError as e:
+        raise UserError(f"--workdir: {e} (give a codebook training run)") from None
     if not (workdir / "checkpoints").is_dir():
         raise UserError(f"--workdir: {workdir} has no checkpoints/ folder")
 

@@ -39,12 +39,14 @@ A missing or unreadable file, a refused global, or a file of another kind ends a
 `error: ...` line with exit status 1.
 """
 
+import dataclasses
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import importlib
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -53,50 +55,40 @@ from ml_collections import config_flags
 
 from avjax.checkpoints import save_imported
 from avjax.convert import torch_io
+from avjax.convert.gpt import transformer_from_torch
+from avjax.convert.melception import melception_from_torch
+from avjax.convert.melgan import melgan_from_torch
 from avjax.convert.specvqgan import vqgan_from_torch
 from avjax.convert.vggishish import lpaps_from_torch, vggishish_from_torch
 from avjax.errors import UserError
-from avjax.train.tasks import common as task_common
-from avjax.train.tasks.vqgan import model_from_config
-from configs import specvqgan_vas, specvqgan_vggsound, vggishish_vggsound
+from avjax.models.specvqgan import vqgan
+from avjax.models.specvqgan.classifiers import conv_layers
+from avjax.train.tasks import sound2sight as sound2sight_task
+from configs import (
+    melception_vggsound,
+    melgan_vggsound,
+    sound2sight_m3so_nb,
+    specvqgan_vas,
+    specvqgan_vggsound,
+    vggishish_vggsound,
+)
 from launch import common
 
-# kind -> (default architecture config, converter `fn(state_dict, config) -> state`).
-CONVERTERS = {
-    "melgan": ("configs.melgan_vggsound", "avjax.convert.melgan:melgan_from_torch"),
-    "melception": ("configs.melception_vggsound", "avjax.convert.melception:melception_from_torch"),
-    "sound2sight": (
-        "configs.sound2sight_m3so_nb",
-        "avjax.convert.sound2sight:sound2sight_run_state",
-    ),
-}
-KINDS = ["codebook", "vggishish", "transformer", *CONVERTERS]
 FIRST_STAGE = "first_stage_model."
 # Transformer checkpoint keys that carry nothing to convert: the permuters' index buffers
 # and each attention layer's causal-mask buffer (both rebuilt from the config).
 NOT_WEIGHTS = ("first_stage_permuter.", "cond_stage_permuter.")
 
-flags.DEFINE_enum("kind", None, KINDS, "what the checkpoint holds")
-flags.DEFINE_string("torch", None, "official checkpoint (.pt/.pth/.ckpt) or .npz state dict")
-flags.DEFINE_string("out", None, "output run directory")
-flags.DEFINE_string(
-    "codebook_out", None, "transformer: where its codebook run goes (default: <out>_codebook)"
-)
-flags.DEFINE_string(
-    "official_repo", None, "no longer needed (model.pth is read without the official code); ignored"
-)
-config_flags.DEFINE_config_file("config", None, "architecture config (default: the paper's)")
-config_flags.DEFINE_config_file(
-    "codebook_config", None, "transformer: the codebook's architecture config (default: paper's)"
-)
-flags.mark_flags_as_required(["kind", "torch", "out"])
-FLAGS = flags.FLAGS
 
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """One run to write: `wrote OUT (WHAT, N values[; NOTE])`."""
 
-def load(path: str) -> dict:
-    if FLAGS.kind == "sound2sight":
-        return torch_io.load_module_checkpoint(path)
-    return torch_io.load_state_dict(path)
+    out: pathlib.Path
+    config: object  # ConfigDict
+    state: dict
+    what: str
+    note: str = ""
 
 
 def kind_of(sd: dict) -> str | None:
@@ -123,7 +115,7 @@ def from_transformer(sd: dict) -> bool:
     return not has_codebook and any(k.startswith(FIRST_STAGE) for k in sd)
 
 
-def convert_codebook(sd: dict, config, source: str) -> tuple:
+def codebook_state(sd: dict, config, source: str) -> tuple:
     """Codebook (+ discriminator, + LPAPS when present) of a VQModel state dict."""
     if from_transformer(sd):
         sd = {k[len(FIRST_STAGE) :]: v for k, v in sd.items() if k.startswith(FIRST_STAGE)}
@@ -134,15 +126,20 @@ def convert_codebook(sd: dict, config, source: str) -> tuple:
             raise UserError(f"{source}: no quantize.embedding.weight; not a codebook checkpoint")
         config = (specvqgan_vas if emb.shape[0] == 128 else specvqgan_vggsound).get_config()
         config.model.n_embed = int(emb.shape[0])
-    out = vqgan_from_torch(sd, model_from_config(config.model))
+    out = vqgan_from_torch(sd, vqgan.make_model(config.model))
     state = {"params": {"ae": out["ae"]}}
     if out["disc"] is not None:
         state["params"]["disc"] = out["disc"]["params"]
         state["batch_stats"] = {"disc": out["disc"]["batch_stats"]}
     if any(k.startswith("loss.perceptual_loss.") for k in sd):
-        layers = task_common.conv_layers(config.loss.lpaps_layers)
-        state["lpaps"] = lpaps_from_torch(sd, conv_layers=layers)
+        state["lpaps"] = lpaps_from_torch(sd, conv_layers=conv_layers(config.loss.lpaps_layers))
     return config, state
+
+
+def convert_codebook(sd: dict) -> list[Output]:
+    config, state = codebook_state(sd, FLAGS.config, FLAGS.torch)
+    what = f"codebook from {FIRST_STAGE}*" if from_transformer(sd) else "codebook"
+    return [Output(pathlib.Path(FLAGS.out), config, state, what)]
 
 
 def transformer_config(sd: dict):
@@ -155,10 +152,8 @@ def transformer_config(sd: dict):
     return importlib.import_module(f"configs.{name}").get_config()
 
 
-def convert_transformer(sd: dict) -> None:
-    """Transformer run to --out, its codebook run to --codebook_out; reports both."""
-    from avjax.convert.gpt import transformer_from_torch
-
+def convert_transformer(sd: dict) -> list[Output]:
+    """The codebook run (to --codebook_out) when the file has one, then the transformer run."""
     prefixed = any(k.startswith("transformer.") for k in sd)
     leftover = sorted(
         k
@@ -176,46 +171,81 @@ def convert_transformer(sd: dict) -> None:
         )
     config = transformer_config(sd)
     state = transformer_from_torch(sd, config)
-    codebook_dir = None
-    if any(k.startswith(FIRST_STAGE) for k in sd):
-        codebook_dir = pathlib.Path(FLAGS.codebook_out or f"{FLAGS.out.rstrip('/')}_codebook")
-        cb_config, cb_state = convert_codebook(sd, FLAGS.codebook_config, FLAGS.torch)
-        codebook_dir = save_imported(codebook_dir, cb_config.to_json(indent=2), cb_state)
-        print(f"wrote {codebook_dir} (codebook from {FIRST_STAGE}*, {count(cb_state):,} values)")
-        config.codebook.workdir = str(codebook_dir)
-    out = save_imported(FLAGS.out, config.to_json(indent=2), state)
-    if codebook_dir is None:
+    if not any(k.startswith(FIRST_STAGE) for k in sd):
         note = f"no {FIRST_STAGE}* keys, so no codebook run: set config.codebook.workdir"
-    else:
-        note = f"config.codebook.workdir = {codebook_dir}"
-    print(f"wrote {out} (transformer, {count(state):,} values; {note})")
+        return [Output(pathlib.Path(FLAGS.out), config, state, "transformer", note)]
+    codebook_dir = pathlib.Path(FLAGS.codebook_out or f"{FLAGS.out.rstrip('/')}_codebook")
+    codebook_dir = codebook_dir.absolute()  # as save_imported writes it
+    cb_config, cb_state = codebook_state(sd, FLAGS.codebook_config, FLAGS.torch)
+    config.codebook.workdir = str(codebook_dir)
+    note = f"config.codebook.workdir = {codebook_dir}"
+    return [
+        Output(codebook_dir, cb_config, cb_state, f"codebook from {FIRST_STAGE}*"),
+        Output(pathlib.Path(FLAGS.out), config, state, "transformer", note),
+    ]
+
+
+def convert_vggishish(sd: dict) -> list[Output]:
+    config = FLAGS.config or vggishish_vggsound.get_config()
+    m = config.model
+    params = vggishish_from_torch(
+        sd, conv_layers(m.conv_layers), num_classes=m.num_classes, hidden=m.hidden
+    )
+    return [Output(pathlib.Path(FLAGS.out), config, {"params": params}, "vggishish")]
+
+
+def simple(kind: str, default_config, fn: Callable) -> Callable[[dict], list[Output]]:
+    """A converter `fn(state_dict, config) -> state` with `default_config` unless --config."""
+
+    def convert(sd: dict) -> list[Output]:
+        config = FLAGS.config or default_config.get_config()
+        return [Output(pathlib.Path(FLAGS.out), config, fn(sd, config), kind)]
+
+    return convert
+
+
+# --kind -> (reader of the --torch file, converter `state dict -> runs to write, in order`).
+CONVERTERS: dict[str, tuple[Callable[[str], dict], Callable[[dict], list[Output]]]] = {
+    "codebook": (torch_io.load_state_dict, convert_codebook),
+    "vggishish": (torch_io.load_state_dict, convert_vggishish),
+    "transformer": (torch_io.load_state_dict, convert_transformer),
+    "melgan": (torch_io.load_state_dict, simple("melgan", melgan_vggsound, melgan_from_torch)),
+    "melception": (
+        torch_io.load_state_dict,
+        simple("melception", melception_vggsound, melception_from_torch),
+    ),
+    "sound2sight": (
+        torch_io.load_module_checkpoint,  # whole pickled modules, read as placeholders
+        simple("sound2sight", sound2sight_m3so_nb, sound2sight_task.state_from_torch),
+    ),
+}
+
+flags.DEFINE_enum("kind", None, list(CONVERTERS), "what the checkpoint holds")
+flags.DEFINE_string("torch", None, "official checkpoint (.pt/.pth/.ckpt) or .npz state dict")
+flags.DEFINE_string("out", None, "output run directory")
+flags.DEFINE_string(
+    "codebook_out", None, "transformer: where its codebook run goes (default: <out>_codebook)"
+)
+flags.DEFINE_string(
+    "official_repo", None, "no longer needed (model.pth is read without the official code); ignored"
+)
+config_flags.DEFINE_config_file("config", None, "architecture config (default: the paper's)")
+config_flags.DEFINE_config_file(
+    "codebook_config", None, "transformer: the codebook's architecture config (default: paper's)"
+)
+flags.mark_flags_as_required(["kind", "torch", "out"])
+FLAGS = flags.FLAGS
 
 
 def count(state) -> int:
     return sum(np.size(x) for x in jax.tree.leaves(state))
 
 
-def convert(sd: dict):
-    kind = FLAGS.kind
-    if kind == "codebook":
-        return convert_codebook(sd, FLAGS.config, FLAGS.torch)
-    if kind in CONVERTERS:
-        config_module, fn = CONVERTERS[kind]
-        config = FLAGS.config or importlib.import_module(config_module).get_config()
-        module, name = fn.split(":")
-        return config, getattr(importlib.import_module(module), name)(sd, config)
-    config = FLAGS.config or vggishish_vggsound.get_config()
-    m = config.model
-    params = vggishish_from_torch(
-        sd, task_common.conv_layers(m.conv_layers), num_classes=m.num_classes, hidden=m.hidden
-    )
-    return config, {"params": params}
-
-
 def main(argv):
     del argv
     common.setup_jax()  # also quiets Orbax's per-checkpoint INFO lines
-    sd = load(FLAGS.torch)
+    read, convert = CONVERTERS[FLAGS.kind]
+    sd = read(FLAGS.torch)
     found = kind_of(sd)
     if found not in (None, FLAGS.kind) and not (
         FLAGS.kind == "codebook" and found == "transformer"
@@ -224,9 +254,7 @@ def main(argv):
             f"{FLAGS.torch} holds a {found} checkpoint, not a {FLAGS.kind} one: pass --kind {found}"
         )
     try:
-        if FLAGS.kind == "transformer":
-            return convert_transformer(sd)
-        config, state = convert(sd)
+        outputs = convert(sd)
     except UserError:
         raise
     except ValueError as e:  # the converters' key / shape mismatch reports
@@ -236,11 +264,10 @@ def main(argv):
             f"{FLAGS.torch} does not fit --kind {FLAGS.kind} with this config: "
             f"{text[:600]}{'...' if len(text) > 600 else ''}"
         ) from e
-    what = FLAGS.kind
-    if what == "codebook" and from_transformer(sd):
-        what = f"codebook from {FIRST_STAGE}*"
-    out = save_imported(FLAGS.out, config.to_json(indent=2), state)
-    print(f"wrote {out} ({what}, {count(state):,} values)")
+    for o in outputs:
+        out = save_imported(o.out, o.config.to_json(indent=2), o.state)
+        note = f"; {o.note}" if o.note else ""
+        print(f"wrote {out} ({o.what}, {count(o.state):,} values{note})")
 
 
 if __name__ == "__main__":

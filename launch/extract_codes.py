@@ -9,7 +9,6 @@ DATA_DIR/codes/<codebook name>-<hash>, where the transformer configs look when
 `config.data.codes_dir` is unset (single-process training also extracts them by itself).
 """
 
-import json
 import pathlib
 import sys
 
@@ -19,6 +18,7 @@ from absl import flags
 
 from avjax.errors import UserError
 from avjax.models.specvqgan.code_encoder import CodeEncoder
+from avjax.runs import read_config
 from data_pipelines import codes, spec_folders
 from launch import common
 
@@ -51,15 +51,10 @@ def available_splits(data_dir: str, layout: str) -> list[str]:
 
 def check_codebook(workdir: pathlib.Path) -> None:
     """--codebook_workdir is a codebook run with a checkpoint."""
-    cfg = workdir / "config.json"
-    if not cfg.is_file():
-        raise UserError(f"--codebook_workdir: {cfg} not found; give a codebook training run")
     try:
-        task = json.loads(cfg.read_text()).get("task")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"--codebook_workdir: {cfg} is not a readable run config ({e})") from None
-    if task != "vqgan":
-        raise UserError(f"--codebook_workdir: {workdir} is a {task!r} run, not a codebook run")
+        read_config(workdir, "vqgan")
+    except UserError as e:
+        raise UserError(f"--codebook_workdir: {e} (give a codebook training run)") from None
     try:
         codes.codebook_step(workdir)
     except FileNotFoundError as e:

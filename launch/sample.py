@@ -19,7 +19,6 @@ without it Griffin-Lim inverts the spectrograms (slower, lower quality). --secon
 continues the audio with a sliding window (per-frame features are windowed with it).
 """
 
-import json
 import pathlib
 import sys
 import time
@@ -30,6 +29,7 @@ import numpy as np
 from absl import flags
 
 from avjax.errors import UserError
+from avjax.runs import read_config
 from launch import common
 
 FLAGS = flags.FLAGS
@@ -60,17 +60,15 @@ flags.mark_flags_as_required(["workdir", "out"])
 FPS = 21.5
 
 
-def run_config(workdir: pathlib.Path) -> dict:
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise ValueError(f"--workdir: {path} not found; is {workdir} a transformer run?")
-    config = json.loads(path.read_text())
-    if config.get("task") != "transformer":
-        raise ValueError(f"--workdir: {workdir} is a {config.get('task')!r} run, not a transformer")
-    return config
+def run_config(workdir: pathlib.Path):
+    """The transformer run's config (`avjax.runs.read_config`); errors name --workdir."""
+    try:
+        return read_config(workdir, "transformer")
+    except UserError as e:
+        raise UserError(f"--workdir: {e}") from None
 
 
-def feature_spec(config: dict):
+def feature_spec(config):
     from data_pipelines import features as F
 
     d, m = config["data"], config["model"]

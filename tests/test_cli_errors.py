@@ -148,7 +148,7 @@ CASES = {
     ),
     "sample_not_a_transformer": (
         "sample.py --workdir {cb} --out {r}/o",
-        ["--workdir", "not a transformer"],
+        ["--workdir", "not a 'transformer' run"],
     ),
 }
 

@@ -11,7 +11,7 @@ from avjax.checkpoints import save_imported
 from avjax.models.specvqgan import permuter
 from avjax.models.specvqgan.code_encoder import CodeEncoder
 from avjax.models.specvqgan.codec import Codec
-from avjax.train.tasks.vqgan import model_from_config
+from avjax.models.specvqgan.vqgan import make_model
 from configs import specvqgan_vggsound
 from data_pipelines import base, pipeline, spec_folders, synthetic_audio
 from data_pipelines import codes as codes_lib
@@ -36,7 +36,7 @@ def tiny_codebook_config():
 @pytest.fixture(scope="module")
 def codebook(tmp_path_factory):
     c = tiny_codebook_config()
-    model = model_from_config(c.model)
+    model = make_model(c.model)
     ae = model.init(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1), np.float32))["params"]
     # A spread-out codebook, so random encoder outputs use many codes.
     ae["quantize"]["embedding"] = jax.random.normal(jax.random.PRNGKey(1), (32, 8))

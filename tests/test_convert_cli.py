@@ -13,8 +13,8 @@ import torchfiles
 from test_convert_vqgan import random_state_dict, torch_disc_shapes, torch_vqgan_shapes
 
 from avjax.convert.specvqgan import vqgan_from_torch
+from avjax.models.specvqgan.vqgan import make_model
 from avjax.runs import load_run
-from avjax.train.tasks.vqgan import model_from_config
 from configs import specvqgan_transformer_vggsound, specvqgan_vggsound, vggishish_vggsound
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_codebook_import_then_codec(tmp_path):
     out = tmp_path / "imported"
     run_convert_cli("codebook", tmp_path / "official.npz", out, "specvqgan_vggsound.py:tiny")
 
-    expect = vqgan_from_torch(sd, model_from_config(m))
+    expect = vqgan_from_torch(sd, make_model(m))
     got = load_run(out).params
     for a, b in zip(jax.tree.leaves(expect["ae"]), jax.tree.leaves(got["ae"])):
         np.testing.assert_array_equal(a, b)
@@ -137,7 +137,7 @@ def test_lightning_codebook_ckpt_converts(tmp_path):
         "codebook", tmp_path / "codebook.ckpt", out, "specvqgan_vggsound.py:tiny"
     )
     assert stdout.startswith(f"wrote {out} (codebook, ")
-    expect = vqgan_from_torch(sd, model_from_config(specvqgan_vggsound.get_config("tiny").model))
+    expect = vqgan_from_torch(sd, make_model(specvqgan_vggsound.get_config("tiny").model))
     got = load_run(out).params
     assert_trees_equal(expect["ae"], got["ae"])
     assert_trees_equal(expect["disc"]["params"], got["disc"])
@@ -147,7 +147,7 @@ def test_vggishish_pt_with_numpy_metrics_converts(tmp_path):
     from test_classifiers import random_torch_sd
 
     from avjax.convert.vggishish import vggishish_from_torch
-    from avjax.train.tasks.common import conv_layers
+    from avjax.models.specvqgan.classifiers import conv_layers
 
     m = vggishish_vggsound.get_config("tiny").model
     arch = dict(conv_layers=conv_layers(m.conv_layers), num_classes=m.num_classes, hidden=m.hidden)
@@ -202,7 +202,7 @@ def test_transformer_ckpt_gives_transformer_and_codebook_runs(transformer_ckpt, 
     assert_trees_equal(transformer_from_torch(sd, t_config)["params"], load_run(out).params)
     m = specvqgan_vggsound.get_config("tiny").model
     assert_trees_equal(
-        vqgan_from_torch(codebook, model_from_config(m))["ae"], load_run(cb_out).params["ae"]
+        vqgan_from_torch(codebook, make_model(m))["ae"], load_run(cb_out).params["ae"]
     )
 
 
@@ -213,7 +213,7 @@ def test_codebook_out_of_a_transformer_ckpt(transformer_ckpt, tmp_path):
     assert stdout.startswith(f"wrote {out} (codebook from first_stage_model.*, ")
     m = specvqgan_vggsound.get_config("tiny").model
     got = load_run(out).params
-    assert_trees_equal(vqgan_from_torch(codebook, model_from_config(m))["ae"], got["ae"])
+    assert_trees_equal(vqgan_from_torch(codebook, make_model(m))["ae"], got["ae"])
     assert "disc" not in got
 
 

@@ -24,9 +24,9 @@ from test_convert_cli import run_convert_cli
 
 from avjax import checkpoints
 from avjax.convert import torch_io
-from avjax.convert.sound2sight import sound2sight_from_torch, sound2sight_run_state
+from avjax.convert.sound2sight import sound2sight_from_torch
 from avjax.train import checkpoint as ckpt_lib
-from avjax.train.tasks.sound2sight import Sound2SightTask
+from avjax.train.tasks.sound2sight import Sound2SightTask, state_from_torch
 from configs import sound2sight_drums, sound2sight_m3so_nb
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "pe")
@@ -315,11 +315,17 @@ def tiny_config():
     return sound2sight_m3so_nb.get_config("tiny")
 
 
+def shapes(task, c):
+    """The task state's shapes and dtypes: the tree the converter fills."""
+    return jax.eval_shape(task.init, jax.random.PRNGKey(c.seed))
+
+
 @pytest.fixture(scope="module")
 def converted():
     c = tiny_config()
     sd = official_state_dict(c)
-    return c, sd, Sound2SightTask.from_config(c), sound2sight_from_torch(sd, c)
+    task = Sound2SightTask.from_config(c)
+    return c, sd, task, sound2sight_from_torch(sd, c, shapes(task, c))
 
 
 def _variables(w, part):
@@ -356,7 +362,7 @@ def test_full_size_checkpoint_converts():
     """Paper-size M3SO-NB: every official key finds its place (shapes only)."""
     c = sound2sight_m3so_nb.get_config()
     sd = {k: np.zeros(s, np.float32) for k, s in official_shapes(c).items()}
-    w = sound2sight_from_torch(sd, c)
+    w = sound2sight_from_torch(sd, c, shapes(Sound2SightTask.from_config(c), c))
     n = sum(x.size for x in jax.tree.leaves(w["params"]))
     dropped = 3 * (726_144 - 396_032)  # each transformer's unused template layer
     folded = 5 * 4 * 256  # bias_hh of the 5 LSTM cells, added into bias_ih
@@ -374,7 +380,8 @@ def test_conv_stacks_match_torch(converted, variant):
     else:
         c = sound2sight_drums.get_config("tiny")
         sd = official_state_dict(c)
-        task, w = Sound2SightTask.from_config(c), sound2sight_from_torch(sd, c)
+        task = Sound2SightTask.from_config(c)
+        w = sound2sight_from_torch(sd, c, shapes(task, c))
     stacks = conv_stacks(c)
     gv, dv = _variables(w, "gen"), _variables(w, "disc")
     rs = np.random.RandomState(1)
@@ -464,7 +471,7 @@ def test_transformers_match_torch(converted):
     small[lay + "norm1.bias"] = np.zeros_like(sd[lay + "norm1.bias"])
     small[lay + "linear2.weight"] = 1e-3 * sd[lay + "linear2.weight"]
     small[lay + "linear2.bias"] = 1e-4 * sd[lay + "linear2.bias"]
-    ws = sound2sight_from_torch(small, c)
+    ws = sound2sight_from_torch(small, c, shapes(task, c))
     y = _apply(task.gen, _variables(ws, "gen"), lambda m, x: m.prior_transformer(x, False), x)
     ref = np_transformer(small, "video_rnn_prior", src, heads)
     _close(np.moveaxis(np.asarray(y), 1, 0), ref, tol=2e-3)
@@ -484,7 +491,7 @@ def test_linear_frame_classifier(converted):
 def test_converted_state_samples_in_the_task(converted):
     """The whole converted state is the task's state tree and its prior samples are finite."""
     c, sd, task, _ = converted
-    state = sound2sight_run_state(sd, c)
+    state = state_from_torch(sd, c)
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(c.seed))
     assert jax.tree.structure(state) == jax.tree.structure(abstract)
     assert int(state["step"]) == 0
@@ -499,18 +506,19 @@ def test_converted_state_samples_in_the_task(converted):
 
 
 def test_errors_name_the_torch_keys(converted):
-    c, sd, _, _ = converted
+    c, sd, task, _ = converted
+    abstract = shapes(task, c)
     missing = "frame_predictor.lstm.1.bias_hh"
     bad = {k: v for k, v in sd.items() if k != missing}
     with pytest.raises(ValueError, match=re.escape(f"missing keys (1):\n    {missing} (128,)")):
-        sound2sight_from_torch(bad, c)
+        sound2sight_from_torch(bad, c, abstract)
     bad = {**sd, "encoder.c2.main.0.weight": np.zeros((8, 3, 4, 4), np.float32)}
     msg = "encoder.c2.main.0.weight: got (8, 3, 4, 4), expected (8, 1, 4, 4)"
     with pytest.raises(ValueError, match=re.escape(msg)):
-        sound2sight_from_torch(bad, c)
+        sound2sight_from_torch(bad, c, abstract)
     extra = "video_rnn_prior.transformer_encoder.layers.1.linear1.weight"  # a second layer
     with pytest.raises(ValueError, match=re.escape(f"unexpected keys (1):\n    {extra}")):
-        sound2sight_from_torch({**sd, extra: np.zeros((32, 32), np.float32)}, c)
+        sound2sight_from_torch({**sd, extra: np.zeros((32, 32), np.float32)}, c, abstract)
 
 
 def test_cli_npz_run_dir_evaluates_and_resumes(converted, tmp_path):

@@ -296,7 +296,7 @@ def test_converter_matches_numpy_mingpt():
 # ---------------------------------------------------------------------- Video2Sound
 def _codebook_run(path):
     """A random tiny codebook with the paper's 16x downsampling: 80 x 64 mels -> 5 x 4."""
-    from avjax.train.tasks.vqgan import model_from_config
+    from avjax.models.specvqgan.vqgan import make_model
 
     m = dict(
         ch=8,
@@ -311,7 +311,7 @@ def _codebook_run(path):
         dropout=0.0,
         num_groups=4,
     )
-    vq = model_from_config(m)
+    vq = make_model(m)
     ae = jax.jit(vq.init)(jax.random.PRNGKey(0), jnp.zeros((1, 80, 64, 1)))["params"]
     config = {"task": "vqgan", "model": m, "data": {"crop_frames": 64}}
     save_imported(path, json.dumps(config), {"params": {"ae": ae}})

@@ -12,6 +12,7 @@ from avjax.audio import mel as mel_lib
 from avjax.audio.vocoder import GriffinLimVocoder, MelGANVocoder, load_vocoder
 from avjax.checkpoints import save_imported
 from avjax.convert.melgan import PAPER, melgan_from_torch
+from avjax.errors import UserError
 from avjax.models.specvqgan import melgan
 from avjax.runs import load_run
 from avjax.train import loop
@@ -270,14 +271,13 @@ def test_converter_matches_numpy_forward():
 
     mel = rng.uniform(0, 1, (80, 12))
     want = np_generator(sd, mel)
-    gen = melgan.generator_from_config(cfg.model)
+    gen, disc = melgan.make_model(cfg)
     got = np.asarray(gen.apply({"params": gp}, jnp.asarray(mel.T[None], jnp.float32)))[0, :, 0]
     assert got.shape == want.shape == (12 * 256,)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
     wave = rng.uniform(-1, 1, (1, 1024))
     want_d = np_discriminator(sd, wave, num_d=2, n_layers=2)
-    disc = melgan.discriminator_from_config(cfg.disc)
     got_d = disc.apply({"params": dp}, jnp.asarray(wave.T[None], jnp.float32))
     for scale_got, scale_want in zip(got_d, want_d, strict=True):
         assert len(scale_got) == len(scale_want) == 5
@@ -317,7 +317,7 @@ def test_imported_vocoder_from_workdir(tmp_path):
     np.testing.assert_allclose(wave[1], np_generator(sd, mel[1].astype(np.float64)), atol=1e-4)
     with pytest.raises(ValueError, match="batch"):
         voc(mel[0])
-    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+    with pytest.raises(UserError, match=r"config\.json"):  # a folder that is not a run
         load_vocoder(tmp_path)
 
 

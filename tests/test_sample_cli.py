@@ -26,9 +26,9 @@ from PIL import Image
 
 from avjax.checkpoints import save_imported
 from avjax.errors import UserError
+from avjax.models.specvqgan.vqgan import make_model
 from avjax.train import loop
 from avjax.train.tasks import make_task
-from avjax.train.tasks.vqgan import model_from_config
 from configs import melception_vggsound, specvqgan_transformer_vggsound, specvqgan_vggsound
 from data_pipelines import codes as codes_lib
 from data_pipelines.inputs import make_inputs
@@ -82,7 +82,7 @@ def _init_codebook(vas_samples, workdir):
     cb.data.crop_frames = cb.model.resolution = FRAMES
     cb.model.ch, cb.model.num_groups, cb.model.ch_mult = 8, 4, (1, 1, 1, 1, 1)
     cb.model.attn_resolutions = (53,)
-    ae = model_from_config(cb.model).init(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1)))
+    ae = make_model(cb.model).init(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1)))
     ae = dict(ae["params"])
     ae["quantize"] = {"embedding": jax.random.normal(jax.random.PRNGKey(1), (64, 16))}
     return save_imported(workdir, cb.to_json(), {"params": {"ae": ae}}), cb

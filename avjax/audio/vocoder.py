@@ -110,7 +110,7 @@ class MelGANVocoder(Vocoder):
             run = load_run(path, "melgan")
             if "generator" not in run.params:
                 raise UserError(f"{path}: checkpoint has no generator params")
-            gen = melgan.generator_from_config(run.config.model)
+            gen, _ = melgan.make_model(run.config)
             return cls(gen, run.params["generator"], dtype)
         if path.suffix in (".pt", ".pth", ".ckpt", ".npz"):
             from avjax.convert import torch_io
@@ -118,7 +118,7 @@ class MelGANVocoder(Vocoder):
 
             sd = torch_io.load_state_dict(path)  # .pt or .npz, never unpickles code
             params = melgan_from_torch(sd, PAPER)["params"]["generator"]
-            return cls(melgan.generator_from_config(PAPER["model"]), params, dtype)
+            return cls(melgan.make_model(PAPER)[0], params, dtype)
         if not path.exists():
             raise FileNotFoundError(f"vocoder path {path} does not exist")
         raise ValueError(

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from avjax.models.specvqgan.gpt import GPT, model_from_config
+from avjax.models.specvqgan.gpt import GPT, make_model
 
 _DROPPED = ("first_stage_model.", "first_stage_permuter.", "cond_stage_permuter.")
 
@@ -120,4 +120,4 @@ def gpt_params_from_torch(state_dict: Mapping[str, np.ndarray], model: GPT) -> d
 
 def transformer_from_torch(state_dict: Mapping[str, np.ndarray], config) -> dict:
     """`launch/convert_checkpoint.py --kind transformer`: {"params": GPT params} of the run."""
-    return {"params": gpt_params_from_torch(state_dict, model_from_config(config.model))}
+    return {"params": gpt_params_from_torch(state_dict, make_model(config.model))}

@@ -20,7 +20,7 @@ import numpy as np
 from avjax import io_safety
 from avjax.convert import torchvision_names as tvn
 from avjax.errors import UserError
-from avjax.models.specvqgan.melception import Melception
+from avjax.models.specvqgan.melception import make_model
 
 
 def load_official_mel_stats(path: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -45,17 +45,6 @@ def load_official_mel_stats(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     return {"mean": np.asarray(mean, np.float32), "std": np.asarray(std, np.float32)}
 
 
-def melception_model(model_config) -> Melception:
-    """The Melception a `config.model` describes (defaults: the official network)."""
-    m = model_config
-    return Melception(
-        num_classes=m.get("num_classes", 309),
-        aux_logits=m.get("aux_logits", True),
-        dropout=m.get("dropout", 0.5),
-        width=m.get("width", 1.0),
-    )
-
-
 def melception_from_torch(state_dict: Mapping[str, Any], config=None) -> dict:
     """Official Melception state dict -> avjax classifier state subset.
 
@@ -68,7 +57,7 @@ def melception_from_torch(state_dict: Mapping[str, Any], config=None) -> dict:
       the layout of `ClassifierTask`'s state for arch='melception'.
     """
     model_cfg = {} if config is None else config.model
-    model = melception_model(model_cfg)
+    model = make_model(model_cfg)
     abstract = tvn.abstract_variables(model, (1, 80, 848))
     state = tvn.convert(state_dict, abstract, "Melception")
     stats_file = None if config is None else config.get("data", {}).get("mel_stats_file")

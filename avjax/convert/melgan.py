@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from avjax.models.specvqgan.melgan import discriminator_from_config, generator_from_config
+from avjax.models.specvqgan.melgan import make_model
 
 _G = re.compile(r"model\.(\d+)\.(?:(block|shortcut)\.(?:(\d+)\.)?)?(weight_g|weight_v|bias)")
 _D = re.compile(r"model\.disc_(\d+)\.model\.layer_(\d+)\.(?:\d+\.)?(weight_g|weight_v|bias)")
@@ -73,8 +73,7 @@ def melgan_from_torch(state_dict: Mapping[str, Any], config=None) -> dict[str, A
       ValueError listing every missing key, unexpected key and shape mismatch.
     """
     config = PAPER if config is None else config
-    gen = generator_from_config(config["model"])
-    disc = discriminator_from_config(config["disc"])
+    gen, disc = make_model(config)
     # Torch Sequential indices of the transposed convs: 3, 3 + (n_res + 2), ...
     step = config["model"]["n_residual_layers"] + 2
     transposed = {f"model_{3 + step * i}" for i in range(len(config["model"]["ratios"]))}

@@ -1,4 +1,4 @@
-"""Import of an official Sound2Sight checkpoint (`model.pth`) into the Sound2Sight task state.
+"""Import of an official Sound2Sight checkpoint (`model.pth`) into Sound2Sight's variables.
 
 Input: the flat numpy dict `{"<module>.<torch key>": array}` that
 `torch_io.load_module_checkpoint` makes of the pickled modules (the official `train.py`
@@ -45,12 +45,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-
-from avjax.train.tasks.sound2sight import Sound2SightTask
 
 Shape = tuple[int, ...]
 
@@ -232,33 +229,22 @@ def _report(errors: dict[str, list[str]], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def sound2sight_from_torch(sd: Mapping[str, np.ndarray], config) -> dict:
+def sound2sight_from_torch(sd: Mapping[str, np.ndarray], config, variables: dict) -> dict:
     """Official flat state dict -> the weight-holding part of the Sound2Sight task state.
 
     Args:
       sd: `{"<module>.<torch key>": array}` (see the module docstring).
-      config: the experiment config (`configs/sound2sight_*.py`) describing the architecture.
+      config: the experiment config (`configs/sound2sight_*.py`) describing the architecture
+        (conv block names depend on `data.image_size` and `data.audio_shape`).
+      variables: the tree to fill, `{"params": {"gen", "disc"}, "batch_stats": {"gen",
+        "disc"}}` of arrays or `jax.ShapeDtypeStruct`s (only shapes and dtypes are read),
+        e.g. `jax.eval_shape(task.init, rng)` of the Sound2Sight task; other entries are
+        ignored.
 
     Returns:
-      {"params": {"gen", "disc"}, "batch_stats": {"gen", "disc"}}, exactly the trees of
-      `Sound2SightTask.init`, float32.
+      {"params": {"gen", "disc"}, "batch_stats": {"gen", "disc"}} of those shapes and dtypes.
 
     Raises:
       ValueError naming every missing, mis-shaped (torch shapes) or unexpected torch key.
     """
-    task = Sound2SightTask.from_config(config)
-    return _convert(sd, config, jax.eval_shape(task.init, jax.random.PRNGKey(config.seed)))
-
-
-def sound2sight_run_state(sd: Mapping[str, np.ndarray], config) -> dict:
-    """`launch/convert_checkpoint.py --kind sound2sight`: a whole task state at step 0.
-
-    The converted weights in the state `Sound2SightTask.init` starts a run with: step 0,
-    the run RNG of `config.seed`, and fresh Adam moments (official checkpoints hold no
-    optimizer state). Training resumes from it; evaluation reads its weights.
-    """
-    task = Sound2SightTask.from_config(config)
-    # launch/train.py starts a run from task.init(PRNGKey(seed)). Adam's moments start at
-    # zero whatever the weights, so only the weights are replaced.
-    state = jax.jit(task.init)(jax.random.PRNGKey(config.seed))
-    return {**state, **_convert(sd, config, state)}
+    return _convert(sd, config, variables)

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avjax.convert.melception import load_official_mel_stats, melception_model
+from avjax.convert.melception import load_official_mel_stats
 from avjax.errors import UserError
-from avjax.models.specvqgan.melception import FEATURE_NAMES, Melception
+from avjax.models.specvqgan.melception import FEATURE_NAMES, Melception, make_model
 from avjax.runs import load_run, read_config
 
 DEFAULT_FEATURES = ("2048", "logits", "logits_unbiased")
@@ -102,7 +102,7 @@ class MelceptionScorer:
                     f"{path}: the checkpoint carries no mel_stats; pass mel_stats= (the official "
                     "train_means_stds_melspec_10s_22050hz.txt or a {'mean','std'} dict)"
                 )
-            model = melception_model(model_cfg)
+            model = make_model(model_cfg)
             variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
             return cls(model, variables, stats, batch_size)
         if not path.is_file():
@@ -119,7 +119,7 @@ class MelceptionScorer:
 
         sd = torch_io.load_state_dict(path)  # .pt or .npz, never unpickles code
         state = melception_from_torch(sd)
-        model = melception_model({})
+        model = make_model({})
         variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
         return cls(model, variables, _as_stats(mel_stats), batch_size)
 

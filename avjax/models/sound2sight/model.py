@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from avjax.models.sound2sight.convnets import AudioEncoder, FrameDecoder, FrameEncoder
+from avjax.models.sound2sight.discriminator import Discriminator
 from avjax.models.sound2sight.layers import Dtype, StackedLSTM, scan_cell
 from avjax.models.sound2sight.transformer import CausalTransformer
 
@@ -201,3 +202,38 @@ def rollout(
     carry, _ = jax.lax.scan(body(False), carry, warm)
     _, preds = jax.lax.scan(body(True), carry, gen)
     return jnp.moveaxis(preds, 0, 1)
+
+
+def make_model(config, dtype=jnp.float32) -> tuple[Sound2Sight, Discriminator]:
+    """Generator and discriminator an experiment config describes (`configs/sound2sight_*.py`:
+    its `model`, `disc` and `data` fields; frame and audio sizes come from `data`)."""
+    m, d, data = config.model, config.disc, config.data
+    gen = Sound2Sight(
+        image_size=data.image_size,
+        channels=data.channels,
+        audio_shape=tuple(data.audio_shape),
+        g_dim=m.g_dim,
+        z_dim=m.z_dim,
+        rnn_size=m.rnn_size,
+        predictor_layers=m.predictor_layers,
+        prior_layers=m.prior_layers,
+        posterior_layers=m.posterior_layers,
+        nf=m.nf,
+        audio_nf=m.audio_nf,
+        dim_ff=m.dim_ff,
+        num_heads=m.num_heads,
+        n_past=data.n_past,
+        last_frame_skip=m.last_frame_skip,
+        dtype=dtype,
+    )
+    disc = Discriminator(
+        image_size=data.image_size,
+        audio_shape=tuple(data.audio_shape),
+        dim=m.g_dim,
+        nf=m.nf,
+        audio_nf=m.audio_nf,
+        rnn_size=d.rnn_size,
+        buffer=d.buffer,
+        dtype=dtype,
+    )
+    return gen, disc

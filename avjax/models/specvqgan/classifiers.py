@@ -14,8 +14,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from avjax.models.specvqgan import melception
 from avjax.nn import Conv, max_pool
 from avjax.nn.pooling import adaptive_avg_pool2d
+
+ARCHS = ("vggishish", "melception")
 
 VGGISHISH16_LAYERS: tuple[int | str, ...] = (
     64, 64, "MP", 128, 128, "MP", 256, 256, 256, "MP", 512, 512, 512, "MP", 512, 512, 512,
@@ -137,3 +140,37 @@ class VGGishish(nn.Module):
         x = nn.relu(dense(self.hidden, "classifier_0")(x))
         x = nn.relu(dense(self.hidden, "classifier_2")(x))
         return dense(self.num_classes, "classifier_4")(x)
+
+
+def conv_layers(value: str | Sequence[int | str]) -> tuple[int | str, ...]:
+    """VGG-style layer list from config: "64,64,MP,128" or a sequence -> (64, 64, "MP", 128)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[int | str] = []
+    for item in items:
+        item = item.strip() if isinstance(item, str) else item
+        if isinstance(item, str) and item.upper() == "MP":
+            out.append("MP")
+        else:
+            try:
+                out.append(int(item))
+            except ValueError:
+                raise ValueError(
+                    f"conv layer list: expected ints or 'MP', got {item!r} in {value!r}"
+                ) from None
+    return tuple(out)
+
+
+def make_model(model_config, dtype=jnp.float32) -> VGGishish | melception.Melception:
+    """The classifier a config's `model` field names by `arch` ('vggishish' when unset)."""
+    m = model_config
+    arch = m.get("arch", "vggishish")
+    if arch == "vggishish":
+        return VGGishish(
+            conv_layers=conv_layers(m.conv_layers),
+            num_classes=m.num_classes,
+            hidden=m.hidden,
+            dtype=dtype,
+        )
+    if arch == "melception":
+        return melception.make_model(m, dtype)
+    raise ValueError(f"config.model.arch: unknown classifier {arch!r}; expected one of {ARCHS}")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avjax.audio import mel as mel_lib
+from avjax.models.specvqgan import vqgan
 from avjax.runs import load_run
 
 
@@ -37,10 +38,8 @@ class Codec:
 
     @classmethod
     def from_workdir(cls, workdir: str | pathlib.Path) -> Codec:
-        from avjax.train.tasks.vqgan import model_from_config
-
         run = load_run(workdir, "vqgan")
-        model = model_from_config(run.config.model)
+        model = vqgan.make_model(run.config.model)
         return cls(model, run.params["ae"], run.config.data.crop_frames)
 
     def crop(self, mel01: np.ndarray, frames: int | None = None) -> np.ndarray:

@@ -304,8 +304,9 @@ def decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(rule, params)
 
 
-def model_from_config(m, dtype=jnp.float32, param_dtype=jnp.float32) -> GPT:
+def make_model(model_config, dtype=jnp.float32, param_dtype=jnp.float32) -> GPT:
     """The GPT described by a config's `model` field (a ConfigDict or a plain dict)."""
+    m = model_config
     get = lambda k, d=None: m.get(k, d)
     return GPT(
         vocab_size=int(m["vocab_size"]),

@@ -312,3 +312,16 @@ class Melception(_Block):
         if "aux_logits" in out:
             result["aux_logits"] = out["aux_logits"]
         return result
+
+
+def make_model(model_config, dtype=jnp.float32) -> Melception:
+    """The Melception a config's `model` field describes (unset fields: the official network,
+    309 VGGSound classes)."""
+    m = model_config
+    return Melception(
+        num_classes=m.get("num_classes", 309),
+        aux_logits=m.get("aux_logits", True),
+        dropout=m.get("dropout", 0.5),
+        width=m.get("width", 1.0),
+        dtype=dtype,
+    )

@@ -312,26 +312,25 @@ class Discriminator(nn.Module):
         return results
 
 
-def generator_from_config(model, dtype=jnp.float32) -> Generator:
-    """The generator of a config's `model` field (a ConfigDict or dict: ngf, n_residual_layers,
-    ratios)."""
-    return Generator(
+def make_model(config, dtype=jnp.float32) -> tuple[Generator, Discriminator]:
+    """Generator and critic of an experiment config (a ConfigDict or dict): its `model` field
+    (ngf, n_residual_layers, ratios) and its `disc` field (num_D, ndf, n_layers,
+    downsampling_factor)."""
+    model, disc = config["model"], config["disc"]
+    gen = Generator(
         ngf=model["ngf"],
         n_residual_layers=model["n_residual_layers"],
         ratios=tuple(model["ratios"]),
         dtype=dtype,
     )
-
-
-def discriminator_from_config(disc, dtype=jnp.float32) -> Discriminator:
-    """The critic of a config's `disc` field (num_D, ndf, n_layers, downsampling_factor)."""
-    return Discriminator(
+    critic = Discriminator(
         num_D=disc["num_D"],
         ndf=disc["ndf"],
         n_layers=disc["n_layers"],
         downsampling_factor=disc["downsampling_factor"],
         dtype=dtype,
     )
+    return gen, critic
 
 
 # ------------------------------------------------------------------------------------ losses

@@ -21,7 +21,7 @@ import numpy as np
 from avjax.errors import UserError
 from avjax.models.specvqgan import permuter, sampling
 from avjax.models.specvqgan.codec import Codec
-from avjax.models.specvqgan.gpt import GPT, model_from_config
+from avjax.models.specvqgan.gpt import GPT, make_model
 from avjax.runs import load_run, read_config
 
 
@@ -66,7 +66,7 @@ class Video2Sound:
                 "codebook_workdir (--codebook_workdir)"
             )
         codec = Codec.from_workdir(codebook_workdir)
-        model = model_from_config(config.model)
+        model = make_model(config.model)
         params = load_run(transformer_workdir, "transformer").params
         if jnp.dtype(dtype) != jnp.float32:
             model, params = sampling.for_inference(model, params, jnp.dtype(dtype))

@@ -290,3 +290,22 @@ class VQGAN(nn.Module):
         """x [B, F, T, in_channels] -> (xrec [B, F, T, out_ch], qloss scalar, info)."""
         z_q, qloss, info = self.encode(x, train)
         return self.decode(z_q, train), qloss, info
+
+
+def make_model(model_config, dtype=jnp.float32) -> VQGAN:
+    """The VQGAN described by a config's `model` field (a ConfigDict or a plain dict)."""
+    m = model_config
+    return VQGAN(
+        ch=m["ch"],
+        ch_mult=tuple(m["ch_mult"]),
+        num_res_blocks=m["num_res_blocks"],
+        attn_resolutions=tuple(m["attn_resolutions"]),
+        resolution=m["resolution"],
+        z_channels=m["z_channels"],
+        embed_dim=m["embed_dim"],
+        n_embed=m["n_embed"],
+        beta=m["beta"],
+        dropout=m["dropout"],
+        num_groups=m["num_groups"],
+        dtype=dtype,
+    )

@@ -22,32 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from avjax.models.specvqgan.classifiers import VGGishish
+from avjax.models.specvqgan.classifiers import make_model
 from avjax.models.specvqgan.melception import Melception
 from avjax.train.tasks import common
-
-ARCHS = ("vggishish", "melception")
-
-
-def model_from_config(m, dtype=jnp.float32):
-    """The classifier named by `config.model.arch` ('vggishish' when unset)."""
-    arch = m.get("arch", "vggishish")
-    if arch == "vggishish":
-        return VGGishish(
-            conv_layers=common.conv_layers(m.conv_layers),
-            num_classes=m.num_classes,
-            hidden=m.hidden,
-            dtype=dtype,
-        )
-    if arch == "melception":
-        return Melception(
-            num_classes=m.num_classes,
-            aux_logits=m.get("aux_logits", True),
-            dropout=m.get("dropout", 0.5),
-            width=m.get("width", 1.0),
-            dtype=dtype,
-        )
-    raise ValueError(f"config.model.arch: unknown classifier {arch!r}; expected one of {ARCHS}")
 
 
 class ClassifierTask:
@@ -61,7 +38,7 @@ class ClassifierTask:
 
     @classmethod
     def from_config(cls, config, mel_stats) -> ClassifierTask:
-        model = model_from_config(config.model, jnp.dtype(config.dtype))
+        model = make_model(config.model, jnp.dtype(config.dtype))
         tx = optax.chain(
             optax.add_decayed_weights(config.optim.weight_decay),
             optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2),

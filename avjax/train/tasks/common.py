@@ -7,7 +7,6 @@ such as "batch_stats" per family); `init_state` / `next_state` build it the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -48,21 +47,3 @@ def apply_optimizer(
 def float32_metrics(metrics: dict) -> dict:
     """Every metric as a float32 scalar array (what the loop averages and writes)."""
     return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
-
-
-def conv_layers(value: str | Sequence[int | str]) -> tuple[int | str, ...]:
-    """VGG-style layer list from config: "64,64,MP,128" or a sequence -> (64, 64, "MP", 128)."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out: list[int | str] = []
-    for item in items:
-        item = item.strip() if isinstance(item, str) else item
-        if isinstance(item, str) and item.upper() == "MP":
-            out.append("MP")
-        else:
-            try:
-                out.append(int(item))
-            except ValueError:
-                raise ValueError(
-                    f"conv layer list: expected ints or 'MP', got {item!r} in {value!r}"
-                ) from None
-    return tuple(out)

@@ -77,8 +77,7 @@ class MelGANTask:
         [n, 80, T] and `sample_wave` [n, 256 T]: whole eval clips vocoded by `write_samples`.
         """
         dtype = jnp.dtype(config.dtype)
-        gen = melgan.generator_from_config(config.model, dtype)
-        disc = melgan.discriminator_from_config(config.disc, dtype)
+        gen, disc = melgan.make_model(config, dtype)
         o = config.optim
         tx = lambda: optax.adam(o.lr, b1=o.b1, b2=o.b2, eps=o.eps)
         loss = MelGANLoss(lambda_feat=config.loss.lambda_feat, n_layers_D=config.disc.n_layers)

@@ -31,16 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from avjax.convert.sound2sight import sound2sight_from_torch
 from avjax.errors import UserError
 from avjax.images import FRAME_SCALES, frames01
 from avjax.losses.kl import kl_criterion
 from avjax.metrics import image_quality as iq
 from avjax.models.sound2sight import discriminator as disc_lib
 from avjax.models.sound2sight.discriminator import Discriminator
-from avjax.models.sound2sight.model import Sound2Sight, rollout
+from avjax.models.sound2sight.model import Sound2Sight, make_model, rollout
 from avjax.train.tasks import common
 
-__all__ = ["FRAME_SCALES", "LossConfig", "Sound2SightTask", "model_from_config"]
+__all__ = ["FRAME_SCALES", "LossConfig", "Sound2SightTask", "state_from_torch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,40 +75,6 @@ def _ce(logits: jax.Array, label: int) -> jax.Array:
     """Cross-entropy [B, W, 2] (or [B, L, 2]) -> mean over batch, summed over windows."""
     labels = jnp.full(logits.shape[:-1], label, jnp.int32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum() / logits.shape[0]
-
-
-def model_from_config(config, dtype=jnp.float32) -> tuple[Sound2Sight, Discriminator]:
-    """Generator and discriminator described by `config.model`, `config.disc`, `config.data`."""
-    m, d, data = config.model, config.disc, config.data
-    gen = Sound2Sight(
-        image_size=data.image_size,
-        channels=data.channels,
-        audio_shape=tuple(data.audio_shape),
-        g_dim=m.g_dim,
-        z_dim=m.z_dim,
-        rnn_size=m.rnn_size,
-        predictor_layers=m.predictor_layers,
-        prior_layers=m.prior_layers,
-        posterior_layers=m.posterior_layers,
-        nf=m.nf,
-        audio_nf=m.audio_nf,
-        dim_ff=m.dim_ff,
-        num_heads=m.num_heads,
-        n_past=data.n_past,
-        last_frame_skip=m.last_frame_skip,
-        dtype=dtype,
-    )
-    disc = Discriminator(
-        image_size=data.image_size,
-        audio_shape=tuple(data.audio_shape),
-        dim=m.g_dim,
-        nf=m.nf,
-        audio_nf=m.audio_nf,
-        rnn_size=d.rnn_size,
-        buffer=d.buffer,
-        dtype=dtype,
-    )
-    return gen, disc
 
 
 class Sound2SightTask:
@@ -149,7 +116,7 @@ class Sound2SightTask:
     def from_config(cls, config, stats=None) -> Sound2SightTask:
         """Builds the task from an experiment config (`configs/sound2sight_*.py`)."""
         del stats  # Sound2Sight needs no dataset statistics
-        gen, disc = model_from_config(config, jnp.dtype(config.dtype))
+        gen, disc = make_model(config, jnp.dtype(config.dtype))
         lc = config.loss
         loss = LossConfig(
             beta=lc.beta,
@@ -385,3 +352,18 @@ class Sound2SightTask:
         video_io.write_gif(out_dir / "gt_best_samples.gif", grid, fps=self.fps)
         writer.image(step, "samples/last_frame", grid[-1])
         writer.image(step, "samples/first_predicted_frame", grid[n_past])
+
+
+def state_from_torch(sd, config) -> dict:
+    """An official checkpoint as a whole task state at step 0 (`--kind sound2sight`).
+
+    The converted weights (`avjax.convert.sound2sight`) in the state `Sound2SightTask.init`
+    starts a run with: step 0, the run RNG of `config.seed`, and fresh Adam moments (official
+    checkpoints hold no optimizer state). Training resumes from it; evaluation reads its
+    weights.
+    """
+    task = Sound2SightTask.from_config(config)
+    # launch/train.py starts a run from task.init(PRNGKey(seed)). Adam's moments start at
+    # zero whatever the weights, so only the weights are replaced.
+    state = jax.jit(task.init)(jax.random.PRNGKey(config.seed))
+    return {**state, **sound2sight_from_torch(sd, config, state)}

@@ -69,7 +69,7 @@ class TransformerTask:
         `data_pipelines.codes_inputs`); the default is the paper's 5 x 53.
         """
         stats = stats or {}
-        model = gpt_lib.model_from_config(config.model, jnp.dtype(config.get("dtype", "float32")))
+        model = gpt_lib.make_model(config.model, jnp.dtype(config.get("dtype", "float32")))
         o = config.optim
         lr = o.base_lr * config.data.global_batch_size
         tx = optax.adamw(

@@ -25,8 +25,9 @@ import optax
 
 from avjax.losses import gan
 from avjax.losses.lpaps import LPAPS
+from avjax.models.specvqgan.classifiers import conv_layers
 from avjax.models.specvqgan.discriminator import NLayerDiscriminator
-from avjax.models.specvqgan.vqgan import VQGAN
+from avjax.models.specvqgan.vqgan import VQGAN, make_model
 from avjax.train.tasks import common
 
 LAST_LAYER = ("decoder", "conv_out", "kernel")
@@ -45,24 +46,6 @@ class LossWeights:
     max_adapt_weight: float = 1.0
     disc_loss: str = "hinge"
     disc_recompute: bool = True
-
-
-def model_from_config(m, dtype=jnp.float32) -> VQGAN:
-    """The VQGAN described by a config's `model` field (a ConfigDict or a plain dict)."""
-    return VQGAN(
-        ch=m["ch"],
-        ch_mult=tuple(m["ch_mult"]),
-        num_res_blocks=m["num_res_blocks"],
-        attn_resolutions=tuple(m["attn_resolutions"]),
-        resolution=m["resolution"],
-        z_channels=m["z_channels"],
-        embed_dim=m["embed_dim"],
-        n_embed=m["n_embed"],
-        beta=m["beta"],
-        dropout=m["dropout"],
-        num_groups=m["num_groups"],
-        dtype=dtype,
-    )
 
 
 class VQGANTask:
@@ -98,10 +81,10 @@ class VQGANTask:
     def from_config(cls, config, lpaps_stats, lpaps_backbone=None) -> VQGANTask:
         """Builds the task from an experiment config (`configs/specvqgan_*.py`)."""
         dtype = jnp.dtype(config.dtype)
-        model = model_from_config(config.model, dtype)
+        model = make_model(config.model, dtype)
         disc = NLayerDiscriminator(ndf=config.disc.ndf, n_layers=config.disc.n_layers, dtype=dtype)
         lpaps = LPAPS(
-            conv_layers=common.conv_layers(config.loss.lpaps_layers),
+            conv_layers=conv_layers(config.loss.lpaps_layers),
             dropout_rate=config.loss.lpaps_dropout,
             num_bins=config.data.num_mel_bins,
             dtype=dtype,
