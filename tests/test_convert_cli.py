@@ -67,6 +67,7 @@ def one_error_line(r: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_codebook_import_then_codec(tmp_path):
     config = specvqgan_vggsound.get_config("tiny")
     m = config.model

@@ -521,6 +521,7 @@ def test_errors_name_the_torch_keys(converted):
         sound2sight_from_torch({**sd, extra: np.zeros((32, 32), np.float32)}, c, abstract)
 
 
+@pytest.mark.slow
 def test_cli_npz_run_dir_evaluates_and_resumes(converted, tmp_path):
     """`--kind sound2sight` on an .npz: evaluate's restore and training resume both load it."""
     from avjax.runs import load_run

@@ -206,6 +206,7 @@ def test_missing_weights_are_named(tmp_path, vas_samples):
         resnet_features.resnet50_features(video, tmp_path / "nope.pth")
 
 
+@pytest.mark.slow
 def test_features_of_real_vas_clip_match_official_row_count(tmp_path, vas_samples):
     """Random weights (.npz, no torch) on a real clip: one finite 2048-d row per official row.
 

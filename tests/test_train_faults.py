@@ -318,6 +318,7 @@ def test_signal_saves_current_step_and_resumes_exactly(tmp_path, reference, sig)
     np.testing.assert_array_equal(_params(work), reference)
 
 
+@pytest.mark.slow
 def test_cli_sigterm_saves_and_resumes(tmp_path):
     """`launch/train.py` on the tiny codebook: SIGTERM mid-run, exit 143 with one line, resume."""
     work = tmp_path / "run"

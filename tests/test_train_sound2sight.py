@@ -59,6 +59,7 @@ def _run_steps(task, mesh, batches, min_size):
     return jax.device_get(state), metrics, state_sh
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(task):
     """Two full steps (G + D; adversarial terms on in the second), data 4 x fsdp 2 == 1 device."""
     assert jax.device_count() == 8
@@ -186,6 +187,7 @@ def _naive_grads(task, state, batch):
     return jax.grad(g_loss)(gp), jax.grad(d_loss)(dp)
 
 
+@pytest.mark.slow
 def test_step_gradients_equal_plain_autodiff():
     """The step's shared embedding forwards + pulled-back cotangents == naive jax.grad."""
     import optax
@@ -239,6 +241,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_tiny_train_resume_and_evaluate(tmp_path):
     """`:tiny` train to step 10, resume to 20, then `launch/evaluate.py`: json + md tables."""
     work = tmp_path / "run"

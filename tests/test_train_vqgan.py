@@ -64,6 +64,7 @@ def _run_steps(task, mesh, batches, min_size):
     return jax.device_get(state), metrics, state_sh
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(task):
     """One full step (AE + D updates) on a (data 4, fsdp 2) mesh equals the 1-device step.
 
@@ -86,6 +87,7 @@ def test_sharded_step_equals_single_device(task):
         assert max(jax.tree.leaves(diffs)) < 1e-5, (part, diffs)
 
 
+@pytest.mark.slow
 def test_step_updates_and_is_finite(task):
     mesh = shd.make_mesh([("data", -1)], devices=jax.devices()[:1])
     batch = {"image": np.random.RandomState(1).uniform(-1, 1, (8, 80, 64)).astype(np.float32)}
@@ -106,6 +108,7 @@ def test_step_updates_and_is_finite(task):
     assert not moved(s0["lpaps"], s2["lpaps"])
 
 
+@pytest.mark.slow
 def test_adaptive_weight_path():
     """With min != max the weight is the clamped ratio of last-layer gradient norms."""
     c = tiny_config()
@@ -140,6 +143,7 @@ def _train(workdir, num_steps, **train):
     return loop.train(c, workdir, task, inputs.train_iter, inputs.eval_iter_fn)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     full = _train(tmp_path / "full", 4)
     _train(tmp_path / "split", 2)
@@ -150,6 +154,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert resumed["train/total_loss"] == full["train/total_loss"]
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back(tmp_path):
     full = _train(tmp_path / "run", 4)
     ckpts = tmp_path / "run" / "checkpoints"
@@ -179,6 +184,7 @@ def _cli(*args, env=None, **kw):
     )
 
 
+@pytest.mark.slow
 def test_cli_train_kill_resume_and_codec(tmp_path, vas_samples):
     """The README commands: train, SIGKILL mid-run, resume, then the codec on a real clip."""
     work = tmp_path / "run"
