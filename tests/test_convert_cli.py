@@ -169,11 +169,9 @@ def transformer_ckpt(tmp_path_factory):
     """A Lightning `Net2NetTransformer` .ckpt of the tiny configs (legacy format)."""
     from test_gpt import _official_state_dict
 
-    from configs.specvqgan_transformer_vggsound import TINY_TOKENS
-
     c = specvqgan_transformer_vggsound.get_config("tiny").model
     sd = _official_state_dict(
-        np.random.default_rng(1), c.n_layer, c.n_embd, c.vocab_size, TINY_TOKENS + 212, c.feat_dim
+        np.random.default_rng(1), c.n_layer, c.n_embd, c.vocab_size, c.block_size, c.feat_dim
     )
     del sd["first_stage_model.quantize.embedding.weight"]
     codebook = tiny_codebook_state_dict(disc=False, seed=2)  # DummyLoss: no loss.* keys
