@@ -335,6 +335,7 @@ def test_scorer_needs_stats_for_official_checkpoint(tmp_path):
 # ---- tiny training through the generic loop, then scoring from the workdir ----
 
 
+@pytest.mark.slow
 def test_tiny_melception_trains_and_scores(tmp_path):
     """arch='melception' through `loop.train` (BatchNorm batch_stats in the state), then the
     scorer from the workdir. Eval is left out of the loop: it is the scorer's forward below."""

@@ -164,6 +164,7 @@ def test_sample_cli_clear_errors(runs, vas_samples, tmp_path):
     assert not list(tmp_path.glob("*.wav"))
 
 
+@pytest.mark.slow
 def test_evaluate_cli(runs, vas_samples):
     from avjax.evals.audio_generation import load_scorer
     from avjax.train.tasks.classifier import ClassifierTask

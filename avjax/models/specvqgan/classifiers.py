@@ -163,7 +163,7 @@ def conv_layers(value: str | Sequence[int | str]) -> tuple[int | str, ...]:
 def make_model(model_config, dtype=jnp.float32) -> VGGishish | melception.Melception:
     """The classifier a config's `model` field names by `arch` ('vggishish' when unset)."""
     m = model_config
-    arch = m.get("arch", "vggishish")
+    arch = m["arch"]
     if arch == "vggishish":
         return VGGishish(
             conv_layers=conv_layers(m.conv_layers),

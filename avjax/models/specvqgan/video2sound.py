@@ -80,7 +80,7 @@ class Video2Sound:
                 f"codebook {codebook_workdir} has {codec.n_embed} codes, the transformer's "
                 f"vocab_size is {model.vocab_size}"
             )
-        s = config.get("sampling", {})
+        s = config.sampling
         return cls(
             model,
             params,

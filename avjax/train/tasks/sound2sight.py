@@ -139,9 +139,9 @@ class Sound2SightTask:
             d_tx,
             d.n_past + d.n_future,
             d.frame_scale,
-            sample_clips=config.train.get("sample_clips", 4),
-            sample_count=config.train.get("sample_count", 5),
-            fps=d.get("fps", 10.0),
+            sample_clips=config.train.sample_clips,
+            sample_count=config.train.sample_count,
+            fps=d.fps,
         )
 
     # ----------------------------------------------------------------------------- state

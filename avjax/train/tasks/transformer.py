@@ -69,32 +69,32 @@ class TransformerTask:
         `data_pipelines.codes_inputs`); the default is the paper's 5 x 53.
         """
         stats = stats or {}
-        model = gpt_lib.make_model(config.model, jnp.dtype(config.get("dtype", "float32")))
+        model = gpt_lib.make_model(config.model, jnp.dtype(config.dtype))
         o = config.optim
         lr = o.base_lr * config.data.global_batch_size
         tx = optax.adamw(
             lr,
             b1=o.b1,
             b2=o.b2,
-            eps=o.get("eps", 1e-8),
+            eps=o.eps,
             weight_decay=o.weight_decay,
             mask=gpt_lib.decay_mask,
         )
         grid = tuple(np.asarray(stats.get("codes_grid", DEFAULT_GRID)).tolist())
-        s = config.get("sampling", {})
+        s = config.sampling
         return cls(
             model,
             tx,
             num_feats=config.data.feat_sample_size,
             grid=grid,
-            codebook_workdir=config.codebook.get("workdir"),
+            codebook_workdir=config.codebook.workdir,
             sampling_kw=dict(
-                temperature=s.get("temperature", 1.0),
-                top_k=s.get("top_k", 0),
-                top_p=s.get("top_p", 1.0),
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
             ),
-            num_sample_clips=s.get("num_clips", 2),
-            griffin_lim_iters=s.get("griffin_lim_iters", 32),
+            num_sample_clips=s.num_clips,
+            griffin_lim_iters=s.griffin_lim_iters,
         )
 
     # ----------------------------------------------------------------------------- state
