@@ -1,6 +1,6 @@
 """Random-access readers for SpecVQGAN's on-disk log-mel layouts (VGGSound and VAS).
 
-Layouts (official, see the SpecVQGAN spec A8):
+Layouts (official, see docs/specvqgan.md A8):
   VGGSound: `DIR/melspec_10s_22050hz/<id>_mel.npy` (or `DIR/<id>_mel.npy`), split lists
     `vggsound_{train,valid,test}.txt` (one `<ytid>_<start_ms>_<end_ms>` per line) in DIR or
     DIR/..; optional labels from the headerless `vggsound.csv` (ytid, start s, label, split).
