@@ -91,11 +91,11 @@ def resolve_data_dir(
       The dataset folder.
     """
     d = config.data
-    if d.get("dir"):
+    if d.dir:
         path = pathlib.Path(d.dir).expanduser()
         if not path.is_dir():
             raise MissingFileError(f"config.data.dir: {path} is not a directory")
         return path
-    if d.get("synthetic"):
+    if d.synthetic:
         return synthetic()
     raise UserError(hint)

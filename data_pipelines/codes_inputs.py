@@ -215,13 +215,11 @@ def ensure_codes(
             f"config.codebook.workdir: {workdir} is not a codebook run (no config.json)"
         )
     codes_dir = pathlib.Path(
-        d.get("codes_dir") or codes_lib.default_codes_dir(data_dir, workdir)
+        d.codes_dir or codes_lib.default_codes_dir(data_dir, workdir)
     ).expanduser()
     todo = []
     for split in splits:
-        ids = spec_folders.open_spec_source(
-            data_dir, split, d.layout, labels_csv=d.get("labels_csv")
-        ).ids
+        ids = spec_folders.open_spec_source(data_dir, split, d.layout, labels_csv=d.labels_csv).ids
         why = codes_lib.codes_status(codes_dir, workdir, split, ids)
         if why is not None:
             logging.info("codes of split %s need extracting: %s", split, why)
@@ -240,7 +238,7 @@ def ensure_codes(
             todo,
             codes_dir,
             layout=d.layout,
-            labels_csv=d.get("labels_csv"),
+            labels_csv=d.labels_csv,
             read_threads=d.read_threads,
             make_encoder=make_encoder,
         )
@@ -267,7 +265,7 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
     make_encoder = model_fns.code_encoder if model_fns is not None else None
     codes_dir = ensure_codes(config, data_dir, splits, make_encoder)
     opener = lambda split: open_codes_source(
-        data_dir, codes_dir, split, spec, d.layout, d.get("labels_csv")
+        data_dir, codes_dir, split, spec, d.layout, d.labels_csv
     )
     train_src = opener(d.train_split)
     logging.info(
@@ -278,7 +276,7 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
         data_dir,
         codes_dir,
     )
-    num_classes = config.model.get("num_classes", 0)
+    num_classes = config.model.num_classes
     unlabelled = int(train_src.labels.min()) < 0
     if num_classes and (len(train_src.class_names) != num_classes or unlabelled):
         raise UserError(

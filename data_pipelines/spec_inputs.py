@@ -44,7 +44,7 @@ def _make(config, check_labels: bool) -> base.Inputs:
     d = config.data
     data_dir = base.resolve_data_dir(config)
     opener = lambda split: spec_folders.open_spec_source(
-        data_dir, split, layout=d.layout, labels_csv=d.get("labels_csv")
+        data_dir, split, layout=d.layout, labels_csv=d.labels_csv
     )
     train_src = opener(d.train_split)
     logging.info("train data: %s (%d clips) from %s", d.train_split, len(train_src), data_dir)

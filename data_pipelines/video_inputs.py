@@ -219,11 +219,11 @@ _HINT = (
 
 def _synthetic(config) -> pathlib.Path:
     d = config.data
-    kind = d.get("kind", "m3so")
+    kind = d.kind
     if kind not in ("m3so", "frames"):
         raise UserError(f"config.data.kind={kind!r}: expected 'm3so' or 'frames'")
-    need = d.n_past + max(d.n_future, d.get("n_eval", 0))
-    return synthetic_dir(max(30, need), block=bool(d.get("block", False)), kind=kind)
+    need = d.n_past + max(d.n_future, d.n_eval)
+    return synthetic_dir(max(30, need), block=d.block, kind=kind)
 
 
 def _check(source: m3so_tfds.ClipSource, config, length: int, what: str):
@@ -256,17 +256,17 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
     d = config.data
     data_dir = base.resolve_data_dir(config, lambda: _synthetic(config), _HINT)
     train_len = d.n_past + d.n_future
-    eval_len = d.n_past + d.get("n_eval", d.n_future)
-    train_split = d.get("train_split", "train")
+    eval_len = d.n_past + d.n_eval
+    train_split = d.train_split
     train_src = m3so_tfds.open_clips(data_dir, train_split)
     _check(train_src, config, train_len, "config.data.n_past + config.data.n_future")
     logging.info("train data: %r from %s", train_src, data_dir)
-    common = dict(global_batch_size=d.global_batch_size, read_threads=d.get("read_threads", 4))
+    common = dict(global_batch_size=d.global_batch_size, read_threads=d.read_threads)
     train_ds = make_clip_dataset(
         train_src, num_frames=train_len, seed=config.seed, train=True, **common
     )
     eval_iter_fn = None
-    if d.get("eval_split"):
+    if d.eval_split:
         eval_src = m3so_tfds.open_clips(data_dir, d.eval_split)
         _check(eval_src, config, eval_len, "config.data.n_past + config.data.n_eval")
         eval_iter_fn = lambda: iter(

@@ -170,7 +170,7 @@ def _find_media(media_dir: pathlib.Path, entry: str) -> str | None:
 def open_wave_source(data_dir, split: str, config_data, spec: WaveSpec) -> WaveSource:
     """The split's clips (ids from the log-mel layout's split lists), as a `WaveSource`."""
     mels = spec_folders.open_spec_source(
-        data_dir, split, layout=config_data.layout, labels_csv=config_data.get("labels_csv")
+        data_dir, split, layout=config_data.layout, labels_csv=config_data.labels_csv
     )
     if spec.audio_source == "npy":
         paths = [_audio_npy(p) for p in mels.paths]
@@ -189,7 +189,7 @@ def open_wave_source(data_dir, split: str, config_data, spec: WaveSpec) -> WaveS
         raise UserError(
             f"config.data.audio_source={spec.audio_source!r}; expected 'npy' or 'media'"
         )
-    media_dir = config_data.get("media_dir")
+    media_dir = config_data.media_dir
     if not media_dir:
         raise UserError(
             "config.data.audio_source='media' needs config.data.media_dir (the folder holding "

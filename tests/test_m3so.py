@@ -364,6 +364,7 @@ def _config(**data):
     d = dict(
         dir="",
         kind="m3so",
+        block=False,
         synthetic=True,
         n_past=5,
         n_future=15,

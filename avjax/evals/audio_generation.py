@@ -162,8 +162,8 @@ class AudioGenerationEvaluator:
         return cls(
             generator,
             scorer,
-            sampling=dict(config.get("sampling", {})),
-            class_conditioned=bool(config.model.get("num_classes", 0)),
+            sampling=config.sampling.to_dict(),
+            class_conditioned=bool(config.model.num_classes),
             **{k: v for k, v in kwargs.items() if v is not None},
         )
 

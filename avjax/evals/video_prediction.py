@@ -204,7 +204,7 @@ class VideoPredictionEvaluator:
         e, d = config.eval, config.data
         kw = dict(
             n_past=d.n_past,
-            n_eval=d.get("n_eval", d.n_future),
+            n_eval=d.n_eval,
             frame_scale=d.frame_scale,
             num_samples=e.num_samples,
             sample_chunk=e.sample_chunk,
@@ -234,7 +234,7 @@ class VideoPredictionEvaluator:
             sample_chunk=section.get("sample_chunk"),
         )
         rng = jax.random.PRNGKey(section.get("seed", 0))
-        split = config.data.get("eval_split") or "eval"
+        split = config.data.eval_split or "eval"
 
         def run(state, batches, step):
             result = ev.evaluate(
