@@ -18,7 +18,7 @@ import numpy as np
 
 from avjax.errors import UserError
 
-__all__ = ["load_npy", "load_npz"]
+__all__ = ["load_npy", "load_npz", "npy_shape"]
 
 _NPY_LOCK = threading.Lock()
 
@@ -34,38 +34,44 @@ def _explain(path: pathlib.Path, e: Exception, what: str) -> UserError:
     return UserError(f"{path}: not a readable {what} ({type(e).__name__}: {e})")
 
 
-def load_npy(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
+def _read_header(f) -> tuple[tuple[int, ...], np.dtype | None]:
+    """(shape, dtype) from an open `.npy` file's header; dtype None for unknown versions.
+
+    Call under `_NPY_LOCK`: numpy parses the header with `ast.literal_eval`, which
+    intermittently raises SystemError under threads on CPython 3.11.7.
+    """
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return (), None
+    return tuple(shape), dtype
+
+
+def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The array shape in a `.npy` header, without reading the data; thread-safe."""
+    with open(path, "rb") as f, _NPY_LOCK:
+        return _read_header(f)[0]
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
     """Reads one numeric `.npy` array without unpickling; thread-safe.
-
-    Args:
-      path: the file (named in errors; read unless `data` is given).
-      data: the file's bytes, when already read.
-
-    Returns:
-      The array.
 
     Raises:
       UserError naming the file: missing, not a .npy file, truncated, or an object array.
     """
     path = os.fspath(path)
-    if data is None:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise UserError(f"{path}: cannot read ({e.strerror or e})") from e
-    # np.load parses the header with ast.literal_eval, which intermittently raises
-    # SystemError under threads on CPython 3.11.7: parse under a lock.
-    with _NPY_LOCK:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from e
+    with _NPY_LOCK:  # see _read_header
         buf = io.BytesIO(data)
         try:
-            version = np.lib.format.read_magic(buf)
-            if version == (1, 0):
-                _, _, dtype = np.lib.format.read_array_header_1_0(buf)
-            elif version == (2, 0):
-                _, _, dtype = np.lib.format.read_array_header_2_0(buf)
-            else:
-                dtype = None
+            _, dtype = _read_header(buf)
         except Exception as e:
             raise UserError(
                 f"{path}: unreadable, not a .npy array file ({type(e).__name__}: {e})"

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from avjax.audio import validate as mel_check
-from avjax.io_safety import load_npy
 from data_pipelines.errors import MissingFileError, UserError
 
 __all__ = [
@@ -44,11 +43,6 @@ MIN_FRAMES = 848  # the SpecVQGAN crop; official files have 860 frames
 RANGE_TOL = mel_check.RANGE_TOL  # allowed excursion outside [0, 1] before a file is corrupt
 
 _SPLIT_ALIASES = {"val": "valid", "validation": "valid", "eval": "valid"}
-
-
-def _parse_npy(data: bytes, path: str) -> np.ndarray:
-    """A .npy file's bytes -> array (thread-safe; `UserError` naming `path` if corrupt)."""
-    return load_npy(path, data)
 
 
 def load_mel_npy(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.ndarray:

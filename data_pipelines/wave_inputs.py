@@ -51,19 +51,6 @@ def _audio_npy(mel_path: str) -> str:
     return mel_path[: -len("_mel.npy")] + "_audio.npy"
 
 
-def _npy_shape(path: str) -> tuple[int, ...]:
-    """The shape in a .npy header, without reading the data (thread-safe)."""
-    with open(path, "rb") as f, io_safety._NPY_LOCK:  # literal_eval is not thread-safe
-        version = np.lib.format.read_magic(f)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, _, _ = read(f)
-    return tuple(shape)
-
-
 def check_wave(wave: np.ndarray, path: str, spec: WaveSpec) -> np.ndarray:
     """Validates a decoded waveform: 1-D, finite, at least `spec.min_samples` long."""
     wave = np.asarray(wave)
@@ -120,16 +107,10 @@ class WaveSource:
                 "'<id>_mel.npy'; re-run launch/preprocess.py, or set "
                 "config.data.audio_source='media' to decode the videos)"
             )
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            wave = spec_folders._parse_npy(data, path)
-        except Exception as e:
-            raise UserError(f"{path}: unreadable waveform file ({type(e).__name__}: {e})") from e
-        wave = check_wave(wave, path, self.spec)
+        wave = check_wave(io_safety.load_npy(path), path, self.spec)
         if mel_path is not None and os.path.isfile(mel_path):
             # The log-mel was computed from this audio: its frame count pins the sample rate.
-            frames = _npy_shape(mel_path)[-1]
+            frames = io_safety.npy_shape(mel_path)[-1]
             audio_frames = 1 + len(wave) // self.spec.hop_length
             if not frames <= audio_frames <= frames + MAX_EXTRA_FRAMES:
                 sr = self.spec.sample_rate
