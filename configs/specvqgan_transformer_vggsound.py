@@ -88,6 +88,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sampling.num_clips = 2  # clips sampled by write_samples
     c.sampling.griffin_lim_iters = 32
 
+    # FID/MKL/ISC while training (avjax.evals.audio_generation, `in_loop`): off until
+    # --config.evals.audio.every=N --config.evals.audio.melception=<Melception run> are given.
+    c.evals = ml_collections.ConfigDict()
+    c.evals.audio = ml_collections.ConfigDict()
+    c.evals.audio.every = ml_collections.config_dict.placeholder(int)
+    c.evals.audio.melception = ml_collections.config_dict.placeholder(str)
+    c.evals.audio.num_samples = 2
+    c.evals.audio.max_clips = 64
+
     # Official: early stopping on val/loss (patience 2 epochs); set num_steps to your budget.
     c.train = common.train(
         1_000_000,

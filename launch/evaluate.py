@@ -114,7 +114,7 @@ def audio_clips(config, split: str, max_clips: int | None, seed: int) -> ag.Audi
         ids=list(src.ids[:n]),
         labels=np.asarray(src.labels[:n]),
         class_names=src.class_names,
-        mel=lambda i: pipeline.center_crop(src[i]["mel"], ag.FRAMES),
+        mel=lambda i: pipeline.center_crop(src[i]["mel"], ag.WINDOW_FRAMES),
         features=features,
         data_dir=str(data_dir),
     )

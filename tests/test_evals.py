@@ -155,10 +155,18 @@ class _StubTask:
     def sample_futures(self, state, x, audio, rng, num_samples=1):
         raise AssertionError("not sampled here")
 
+    def codec(self):  # a transformer task without config.codebook.workdir
+        return None
+
 
 def test_loop_evaluators_from_the_config():
     c = _s2s_config()
     assert evals.loop_evaluators(c, _StubTask()) == {}  # no config.evals: nothing runs
+    from configs import specvqgan_transformer_vggsound
+
+    tr = specvqgan_transformer_vggsound.get_config("tiny")
+    assert tr.evals.audio.every is None  # declared, off until --config.evals.audio.every=N
+    assert evals.loop_evaluators(tr, _StubTask()) == {}
     c.evals = ml_collections.ConfigDict({"vp": {"every": 5, "num_samples": 2, "max_clips": 4}})
     got = evals.loop_evaluators(c, _StubTask())
     assert list(got) == ["vp"] and got["vp"][0] == 5 and callable(got["vp"][1])
@@ -166,7 +174,7 @@ def test_loop_evaluators_from_the_config():
         "every": ({"every": 0}, "config.evals.vp.every=0"),
         "type": ({"every": 1, "type": "vqgan"}, "config.evals.vp.type='vqgan'"),
         "field": ({"every": 1, "num_sample": 3}, "num_sample"),
-        "audio in the loop": ({"every": 1, "type": "transformer"}, "launch/evaluate.py only"),
+        "no codebook": ({"every": 1, "type": "transformer"}, "config.codebook.workdir"),
     }
     for what, (section, message) in bad.items():
         c.evals = ml_collections.ConfigDict({"vp": section})

@@ -164,18 +164,24 @@ def test_sample_cli_clear_errors(runs, vas_samples, tmp_path):
     assert not list(tmp_path.glob("*.wav"))
 
 
-@pytest.mark.slow
-def test_evaluate_cli(runs, vas_samples):
-    from avjax.evals.audio_generation import load_scorer
+@pytest.fixture(scope="module")
+def melception(runs):
+    """An initialised `:tiny` Melception (80x80 crops, 8 VAS classes)."""
     from avjax.train.tasks.classifier import ClassifierTask
 
-    with pytest.raises(UserError, match="--melception is required"):
-        load_scorer(None)
     mc = melception_vggsound.get_config("tiny")
     mc.model.num_classes = 8  # VAS
     stats = {"mean": np.full(80, 0.4, np.float32), "std": np.full(80, 0.2, np.float32)}
     state = ClassifierTask.from_config(mc, stats).init(jax.random.PRNGKey(0))
-    melception = save_imported(runs["root"] / "melception", mc.to_json(), state)
+    return save_imported(runs["root"] / "melception", mc.to_json(), state)
+
+
+@pytest.mark.slow
+def test_evaluate_cli(runs, vas_samples, melception):
+    from avjax.evals.audio_generation import load_scorer
+
+    with pytest.raises(UserError, match="--melception is required"):
+        load_scorer(None)
     _cli(
         "launch/evaluate.py",
         f"--workdir={runs['transformer']}",
@@ -198,8 +204,34 @@ def test_evaluate_cli(runs, vas_samples):
     assert "| FID (2048) |" in md and "| dog | 2 | 4 |" in md
 
 
+@pytest.mark.slow
+def test_transformer_loop_runs_the_audio_eval(runs, vas_samples, melception, tmp_path):
+    """`config.evals.audio` in a transformer run: FID/MKL of samples against the codebook's
+    reconstructions of the eval clips, logged at the configured steps."""
+    tr = _quick(specvqgan_transformer_vggsound.get_config("tiny"), steps=2)
+    tr.codebook.workdir = str(runs["codebook"])
+    tr.data.dir, tr.data.codes_dir = str(vas_samples), str(runs["root"] / "codes")
+    tr.data.train_split, tr.data.eval_split = "valid", "valid"
+    tr.data.features, tr.data.feat_sample_size = "resnet50", 5
+    tr.model.vocab_size, tr.model.block_size = 64, 5 * 53 + 5
+    tr.evals = {
+        "audio": {"every": 2, "melception": str(melception), "num_samples": 2, "max_clips": 4}
+    }
+    inputs = make_inputs(tr)
+    task = make_task(tr, inputs.stats)
+    last = loop.train(tr, tmp_path, task, inputs.train_iter, inputs.eval_iter_fn)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    got = [r for r in rows if "evals/audio/fid" in r]
+    assert [r["step"] for r in got] == [2]
+    assert np.isfinite(got[0]["evals/audio/fid"]) and got[0]["evals/audio/fid"] >= 0
+    assert got[0]["evals/audio/mkl"] > -1e-4 and "evals/audio/isc" not in got[0]  # 8 fakes
+    assert last["evals/audio/mkl"] == got[0]["evals/audio/mkl"]
+
+
 class _StubScorer:
     """Numpy 'Melception': pool features = per-bin means, logits = 8 band energies x 20."""
+
+    crop_frames = FRAMES
 
     def features(self, mel01, names):
         mel01 = np.asarray(mel01)

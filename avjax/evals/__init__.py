@@ -32,7 +32,9 @@ def loop_evaluators(config, task) -> dict[str, tuple[int, Callable]]:
 
     Each section names its evaluator by `type` (default `config.task`, a key of
     `EVALUATORS`) and how often it runs (`every`, steps > 0); the other fields go to the
-    evaluator's `in_loop`. `fn(state, eval batches, step) -> {scalar name: float}`.
+    evaluator's `in_loop`. `fn(state, eval batches, step) -> {scalar name: float}`. A
+    section whose `every` is None is off (a config can declare an evaluator that the command
+    line switches on).
 
     Raises:
       UserError naming the field: an unknown type, a missing or bad `every`, an evaluator
@@ -42,6 +44,8 @@ def loop_evaluators(config, task) -> dict[str, tuple[int, Callable]]:
     out = {}
     for name in sections:
         section = sections[name]
+        if section.get("every", 0) is None:
+            continue
         kind = section.get("type", config.task)
         if kind not in EVALUATORS:
             raise UserError(

@@ -37,7 +37,8 @@ from avjax.evals import tables
 MEL_STATS_FILE = "train_means_stds_melspec_10s_22050hz.txt"
 DEFAULT_NUM_SAMPLES = 10
 DEFAULT_BATCH_SIZE = 8
-FRAMES = 848  # Melception scores 10-s spectrograms
+WINDOW_FRAMES = 848  # a 10-s spectrogram, the paper's window (860 frames centre-cropped)
+LOOP_FIELDS = ("melception", "num_samples", "batch_size", "max_clips", "seed")
 
 
 def load_scorer(path: str | None, batch_size: int = 64):
@@ -119,6 +120,47 @@ def per_class(labels, class_names, real, fake, num_samples) -> list[dict]:
     return rows
 
 
+def _centre_crop(x: np.ndarray, frames: int) -> np.ndarray:
+    """[..., T] -> [..., frames], the middle `frames` of T."""
+    start = (x.shape[-1] - frames) // 2
+    return x[..., start : start + frames]
+
+
+def reconstructed_clips(generator, batches, max_clips: int) -> AudioClips:
+    """The clips of the trainer's eval batches, their reals decoded from their true codes.
+
+    Args:
+      generator: a `Video2Sound` (its `decode`).
+      batches: {"codes": [B, rows * W], "feats": [B, Tc, D] (feature models), "label": [B],
+        "mask": [B] (0: padding)} as the transformer's eval split gives them.
+      max_clips: stop after this many real clips.
+    """
+    codes, feats, labels = [], [], []
+    for batch in batches:
+        keep = np.asarray(batch.get("mask", np.ones(len(batch["codes"])))) > 0
+        codes.append(np.asarray(batch["codes"])[keep])
+        labels.append(np.asarray(batch["label"])[keep])
+        if "feats" in batch:
+            feats.append(np.asarray(batch["feats"], np.float32)[keep])
+        if sum(map(len, codes)) >= max_clips:
+            break
+    if not codes or not sum(map(len, codes)):
+        raise ValueError("the eval split produced no clips for the audio-generation evaluator")
+    codes = np.concatenate(codes)[:max_clips]
+    n = len(codes)
+    reals = np.concatenate(
+        [generator.decode(codes[lo : lo + 16]) for lo in range(0, n, 16)]
+    )  # codebook reconstructions, [N, 80, T]
+    feats = np.concatenate(feats)[:n] if feats else np.zeros((n, 0, 0), np.float32)
+    return AudioClips(
+        ids=[str(i) for i in range(n)],
+        labels=np.concatenate(labels)[:n],
+        class_names=[],
+        mel=lambda i: reals[i],
+        features=lambda i: feats[i],
+    )
+
+
 class AudioGenerationEvaluator:
     """Samples spectrograms per clip and scores them with Melception (module docstring).
 
@@ -168,12 +210,72 @@ class AudioGenerationEvaluator:
         )
 
     @classmethod
-    def in_loop(cls, config, section, task):
-        raise UserError(
-            "config.evals: the audio-generation evaluator (FID/MKL/ISC) runs from "
-            "launch/evaluate.py only: it needs a Melception scorer and the split's "
-            "spectrograms, which the transformer's trainer does not read"
+    def in_loop(cls, config, section, task) -> Callable:
+        """The transformer trainer's hook: fn(state, eval batches, step) -> scalars.
+
+        `config.evals.<name>` sets `melception` (required: a Melception run or official
+        checkpoint, as `load_scorer`), and optionally `num_samples` (default 2),
+        `batch_size` (clips per sampling call, default the eval batch), `max_clips`
+        (default 64) and `seed`. The eval batches carry codes, not spectrograms, so the
+        reals here are the codebook's reconstructions of each clip's true codes: the
+        numbers measure the transformer against what its codebook can express (its
+        ceiling), a cheap proxy for `launch/evaluate.py`, which scores against the real
+        spectrograms as the paper does.
+        """
+        from avjax.models.specvqgan.video2sound import Video2Sound
+
+        unknown = sorted(set(section) - {"type", "every", *LOOP_FIELDS})
+        if unknown:
+            raise UserError(
+                f"config.evals: unknown field(s) {unknown} for the audio-generation "
+                f"evaluator; it takes {sorted(LOOP_FIELDS)}"
+            )
+        codec = task.codec()
+        if codec is None:
+            raise UserError(
+                "config.evals: the audio-generation evaluator decodes samples with the "
+                "codebook: set config.codebook.workdir to a codebook run"
+            )
+        batch_size = section.get("batch_size", config.data.global_batch_size)
+        num_samples = section.get("num_samples", 2)
+        try:
+            scorer = load_scorer(section.get("melception"), batch_size * (num_samples + 1))
+        except UserError as e:
+            raise UserError(f"config.evals.melception: {e}") from None
+        frames = codec.crop_frames
+        if frames < scorer.crop_frames:
+            raise UserError(
+                f"config.evals.melception: the Melception scores {scorer.crop_frames} mel "
+                f"frames; the codebook ({config.codebook.workdir}) decodes {frames}"
+            )
+        max_clips = section.get("max_clips", 64)
+        ev = cls.from_config(
+            config,
+            None,
+            scorer,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            seed=section.get("seed", 0),
+            melception=str(section.get("melception")),
         )
+        split = config.data.eval_split or "eval"
+
+        def run(state, batches, step):
+            if ev.generator is None:  # built once: its jitted decode compiles once
+                ev.generator = Video2Sound.from_parts(config, task.model, state["params"], codec)
+            ev.generator.params = state["params"]
+            clips = reconstructed_clips(ev.generator, batches, max_clips)
+            return ev.scalars(ev.evaluate(clips, split=split, workdir=f"step {step}"))
+
+        return run
+
+    @staticmethod
+    def scalars(result: dict) -> dict[str, float]:
+        """The totals worth a TensorBoard curve."""
+        out = {"fid": result["fid"], "mkl": result["mkl"]}
+        if result["isc_mean"] is not None:
+            out["isc"] = result["isc_mean"]
+        return out
 
     def evaluate(self, clips: AudioClips, *, split: str, workdir: str | pathlib.Path) -> dict:
         """Samples, scores and returns the JSON-ready result (totals and `per_class`)."""
@@ -207,12 +309,15 @@ class AudioGenerationEvaluator:
                 **self.sampling,
             )
             mels = np.asarray(self.generator.decode(np.asarray(codes)[: len(idx) * num_samples]))
-            if mels.shape[-1] < FRAMES:
+            frames = self.scorer.crop_frames
+            if mels.shape[-1] < frames:
                 raise UserError(
-                    f"the run's codebook decodes {mels.shape[-1]} mel frames; Melception "
-                    "scores 10-s spectrograms (848 frames): evaluate a codebook trained on 80x848"
+                    f"the run's codebook decodes {mels.shape[-1]} mel frames; the Melception "
+                    f"scores {frames} (10-s spectrograms: 848): evaluate a codebook trained on "
+                    f"80x{frames}"
                 )
-            got = self.scorer.features(np.concatenate([reals, mels[..., :FRAMES]]), names)
+            both = [_centre_crop(reals, frames), _centre_crop(mels, frames)]
+            got = self.scorer.features(np.concatenate(both), names)
             for k in real:
                 real[k].append(got[k][: len(idx)])
             for k in fake:

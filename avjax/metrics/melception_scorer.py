@@ -7,7 +7,8 @@
 
 Inputs are [0, 1] mels (fakes as saved, `(spec + 1) / 2`, unclamped; reals `(x + 1) / 2`),
 standardised per mel bin with the training statistics, `(x - mean_f) / std_f`, and centre
-cropped to 848 frames when longer (860 -> columns 6..853), as the official evaluation.
+cropped to 848 frames when longer (860 -> columns 6..853), as the official evaluation (an
+avjax run: to its `config.data.crop_frames`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class MelceptionScorer:
         variables: dict,
         mel_stats: Mapping[str, np.ndarray],
         batch_size: int = 64,
+        crop_frames: int = CROP_FRAMES,
     ):
         self.model = model
         self.variables = jax.device_put(variables)
@@ -65,6 +67,7 @@ class MelceptionScorer:
                 f"mel stats must be two [F] vectors, got {self.mean.shape} / {self.std.shape}"
             )
         self.batch_size = batch_size
+        self.crop_frames = crop_frames  # the input width the classifier was trained on
 
     @classmethod
     def from_path(
@@ -104,7 +107,7 @@ class MelceptionScorer:
                 )
             model = make_model(model_cfg)
             variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-            return cls(model, variables, stats, batch_size)
+            return cls(model, variables, stats, batch_size, int(config.data.crop_frames))
         if not path.is_file():
             raise FileNotFoundError(f"Melception weights {path}: no such file or directory")
         if mel_stats is None:
@@ -130,7 +133,8 @@ class MelceptionScorer:
         """Melception features of [0, 1] mels.
 
         Args:
-          mel01: [N, F, T] with T >= 848 (centre-cropped to 848), values in [0, 1] (unclamped).
+          mel01: [N, F, T] with T >= `crop_frames` (848 for the official network; centre
+            cropped to it), values in [0, 1] (unclamped).
           names: features to return, from FEATURE_NAMES.
         Returns:
           {name: float32 [N, C]} on the host.
@@ -143,10 +147,10 @@ class MelceptionScorer:
         if mel01.ndim != 3 or mel01.shape[1] != self.mean.shape[0]:
             raise ValueError(f"expected mels [N, {self.mean.shape[0]}, T], got shape {mel01.shape}")
         t = mel01.shape[2]
-        if t < CROP_FRAMES:
-            raise ValueError(f"mels need at least {CROP_FRAMES} frames, got {t}")
-        start = (t - CROP_FRAMES) // 2
-        mel01 = mel01[:, :, start : start + CROP_FRAMES]
+        if t < self.crop_frames:
+            raise ValueError(f"mels need at least {self.crop_frames} frames, got {t}")
+        start = (t - self.crop_frames) // 2
+        mel01 = mel01[:, :, start : start + self.crop_frames]
         fn = self._fn(names)
         outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
         n = mel01.shape[0]

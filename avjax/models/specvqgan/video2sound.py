@@ -65,9 +65,16 @@ class Video2Sound:
                 f"{transformer_workdir}/config.json names no codebook.workdir; pass "
                 "codebook_workdir (--codebook_workdir)"
             )
-        codec = Codec.from_workdir(codebook_workdir)
         model = make_model(config.model)
         params = load_run(transformer_workdir, "transformer").params
+        return cls.from_parts(config, model, params, Codec.from_workdir(codebook_workdir), dtype)
+
+    @classmethod
+    def from_parts(cls, config, model: GPT, params: dict, codec: Codec, dtype=jnp.float32):
+        """A transformer run's `config`, its model and (float32) params, and its codebook.
+
+        The trainer's in-loop evaluator builds one from the current state this way.
+        """
         if jnp.dtype(dtype) != jnp.float32:
             model, params = sampling.for_inference(model, params, jnp.dtype(dtype))
         grid = jax.eval_shape(
@@ -77,7 +84,7 @@ class Video2Sound:
         ).shape[1:]
         if codec.n_embed != model.vocab_size:
             raise ValueError(
-                f"codebook {codebook_workdir} has {codec.n_embed} codes, the transformer's "
+                f"the codebook has {codec.n_embed} codes, the transformer's "
                 f"vocab_size is {model.vocab_size}"
             )
         s = config.sampling
@@ -85,7 +92,7 @@ class Video2Sound:
             model,
             params,
             codec,
-            feat_len=int(config["data"]["feat_sample_size"]) if model.feat_dim else 0,
+            feat_len=int(config.data.feat_sample_size) if model.feat_dim else 0,
             rows=int(grid[0]),
             window_columns=int(grid[1]),
             sampling_defaults={k: s[k] for k in ("temperature", "top_k", "top_p") if k in s},
