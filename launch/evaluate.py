@@ -2,9 +2,12 @@
 
   python launch/evaluate.py --workdir W --split test --melception M  # SpecVQGAN: FID, MKL, ISC
   python launch/evaluate.py --workdir W --num_samples 100            # Sound2Sight: SSIM, PSNR
+  python launch/evaluate.py --workdir W --compare W2   # video prediction: W beside W2 (MCAV,
+                                                       # Sound2Sight) on the same clips
 
 Reads W/config.json, builds the split's data with `data_pipelines` and the model from the
-run, runs the evaluator, prints its markdown tables and writes W/eval/<split>.json and .md.
+run, runs the evaluator, prints its markdown tables and writes W/eval/<split>.json and .md
+(with --compare also W/eval/<split>_compare.json and .md).
 """
 
 import pathlib
@@ -20,7 +23,7 @@ from avjax import runs
 from avjax.errors import UserError
 from avjax.evals import EVALUATORS, tables
 from avjax.evals import audio_generation as ag
-from avjax.evals.video_prediction import VideoPredictionEvaluator
+from avjax.evals.video_prediction import VideoPredictionEvaluator, compare_markdown
 from launch import common
 
 flags.DEFINE_string("workdir", None, "trained run directory (its config.json names the task)")
@@ -31,6 +34,12 @@ flags.DEFINE_integer("max_clips", None, "evaluate only the first N clips of the 
 flags.DEFINE_string("data_dir", None, "override config.data.dir of the run")
 flags.DEFINE_string("melception", None, "Melception classifier workdir or .pt (FID/MKL)")
 flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_multi_string(
+    "compare",
+    [],
+    "video prediction: other runs (e.g. Sound2Sight beside MCAV) scored on the same clips and "
+    "tabulated beside --workdir (repeatable)",
+)
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -54,8 +63,8 @@ def _load_run(workdir: pathlib.Path, task: str) -> runs.Run:
         raise UserError(f"--workdir: {e}") from None
 
 
-def video_prediction(config, workdir: pathlib.Path) -> tuple[dict, str]:
-    """Sound2Sight: the split's clips (data_pipelines), the run's sampler and generator."""
+def _score_video_prediction(config, workdir: pathlib.Path) -> tuple[dict, object]:
+    """One video-prediction run (Sound2Sight, MCAV) on the split: its result and evaluator."""
     from avjax.train.tasks import make_task
     from data_pipelines.inputs import make_inputs
 
@@ -73,7 +82,7 @@ def video_prediction(config, workdir: pathlib.Path) -> tuple[dict, str]:
         config, task.sample_futures, num_samples=FLAGS.num_samples
     )
     run = _load_run(workdir, config.task)
-    state = {part: {"gen": run.state[part]["gen"]} for part in ("params", "batch_stats")}
+    state = {k: v for k, v in run.state.items() if k in ("params", "batch_stats")}
     result = evaluator.evaluate(
         state,
         inputs.eval_iter_fn(),
@@ -82,7 +91,53 @@ def video_prediction(config, workdir: pathlib.Path) -> tuple[dict, str]:
         step=run.step,
         max_clips=FLAGS.max_clips,
     )
+    return result, evaluator
+
+
+def video_prediction(config, workdir: pathlib.Path) -> tuple[dict, str]:
+    """Sound2Sight / MCAV: the split's clips (data_pipelines), the run's sampler."""
+    result, evaluator = _score_video_prediction(config, workdir)
     return result, evaluator.markdown(result)
+
+
+def compare_configs(config, workdir: pathlib.Path) -> list[tuple[pathlib.Path, object]]:
+    """--compare runs and their configs, checked before anything is scored."""
+    out = []
+    for other in map(pathlib.Path, FLAGS.compare):
+        try:
+            other_config = runs.read_config(other)
+        except UserError as e:
+            raise UserError(f"--compare: {e}") from None
+        if EVALUATORS.get(other_config.get("task")) is not VideoPredictionEvaluator:
+            raise UserError(
+                f"--compare: {other} is a {other_config.get('task')!r} run, not a video-"
+                "prediction run (Sound2Sight, MCAV)"
+            )
+        for field in ("n_past", "n_eval", "image_size", "frame_scale"):
+            mine, theirs = config.data.get(field), other_config.data.get(field)
+            if mine != theirs:
+                raise UserError(
+                    f"--compare: {other} has data.{field}={theirs!r}, {workdir} has {mine!r}: "
+                    "the runs must predict the same frames"
+                )
+        if FLAGS.data_dir:
+            other_config.data.dir = FLAGS.data_dir
+        out.append((other, other_config))
+    return out
+
+
+def compare_runs(workdir: pathlib.Path, result: dict, others) -> None:
+    """--compare: the other runs on the same split, one side-by-side table (W/eval)."""
+    results = {workdir.name: result}
+    for other, other_config in others:
+        name = other.name if other.name not in results else str(other)
+        results[name] = _score_video_prediction(other_config, other)[0]
+    markdown = compare_markdown(results)
+    json_path, md_path = tables.write(
+        workdir / "eval", f"{FLAGS.split}_compare", {"runs": results}, markdown
+    )
+    print(markdown)
+    print(f"wrote {md_path} and {json_path}")
 
 
 def audio_clips(config, split: str, max_clips: int | None, seed: int) -> ag.AudioClips:
@@ -172,10 +227,15 @@ def main(argv):
             f"--workdir: {workdir} is a {config.get('task')!r} run; evaluate.py takes runs of "
             f"the tasks {sorted(EVALUATORS)} (SpecVQGAN transformer, Sound2Sight)"
         )
+    if FLAGS.compare and evaluator is not VideoPredictionEvaluator:
+        raise UserError("--compare takes video-prediction runs (Sound2Sight, MCAV)")
+    others = compare_configs(config, workdir)
     result, markdown = RUNNERS[evaluator](config, workdir)
     json_path, md_path = tables.write(workdir / "eval", FLAGS.split, result, markdown)
     print(markdown)
     print(f"wrote {md_path} and {json_path}")
+    if FLAGS.compare:
+        compare_runs(workdir, result, others)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,51 @@ def test_video_prediction_reducers_baseline_and_extra_metrics(tmp_path):
     assert json.loads(json_path.read_text()) == result and md_path.read_text() == md
 
 
+def test_compare_runs_side_by_side_with_a_flow_metric():
+    """A deterministic run returning flow (AEPE through `pred_flow`) beside a stochastic one."""
+    from avjax.evals.video_prediction import compare_markdown
+
+    def with_flow(state, x, audio, rng, num_samples):
+        f = jnp.broadcast_to(x[:, N_PAST:], (num_samples, *x[:, N_PAST:].shape))
+        flow = jnp.ones((*f.shape[:-1], 2)) * state["flow"]
+        return {"frames": f, "flow": flow}
+
+    def epe(p, g, batch):  # against a true flow of zero: |pred| = sqrt(2) * value
+        return jnp.mean(jnp.linalg.norm(batch["pred_flow"], axis=-1), axis=(-2, -1))
+
+    det = VideoPredictionEvaluator(
+        with_flow,
+        n_past=N_PAST,
+        n_eval=N_EVAL,
+        frame_scale="255",
+        num_samples=1,
+        report_frames=(3, 5),
+        extra_metrics={"aepe": Metric(epe, higher_is_better=False, label="AEPE")},
+        method="MCAV",
+    )
+    a = det.evaluate({"flow": 0.5}, _batches(), rng=jax.random.PRNGKey(0), split="test", step=1)
+    np.testing.assert_allclose(a["mean_of_n"]["aepe"], [np.sqrt(0.5)] * N_EVAL, rtol=1e-6)
+    np.testing.assert_allclose(a["copy_last"]["aepe"], 0.0)  # the baseline predicts no motion
+    np.testing.assert_allclose(a["mean_of_n"]["psnr"], a["best_of_n"]["psnr"])
+    b = _evaluator(_noisy_sampler).evaluate(
+        {"scale": jnp.float32(0.3)}, _batches(), rng=jax.random.PRNGKey(0), split="test", step=2
+    )
+    md = compare_markdown({"mcav": a, "s2s": b})
+    assert "| MCAV `mcav` | " in md and "MCAV `mcav`, mean" not in md  # one row: deterministic
+    assert "| Sound2Sight `s2s`, best of 5 |" in md and "| Sound2Sight `s2s`, mean of 5 |" in md
+    aepe = md[md.index("## AEPE") :]
+    assert "| Sound2Sight `s2s`, best of 5 | - | - | - |" in aepe  # S2S predicts no flow
+    assert f"| MCAV `mcav` | {np.sqrt(0.5):.4f} |" in aepe
+    psnr = md[md.index("## PSNR") :].splitlines()
+    mean_col = float(next(r for r in psnr if r.startswith("| MCAV")).split("|")[-2])
+    assert mean_col == pytest.approx(np.mean(a["mean_of_n"]["psnr"]), abs=1e-4)
+    other = det.evaluate(
+        {"flow": 0.5}, _batches(seed=1), rng=jax.random.PRNGKey(0), split="test", step=1
+    )
+    with pytest.raises(UserError, match="not scored on the same clips"):
+        compare_markdown({"mcav": a, "other clips": other})
+
+
 def test_video_prediction_max_clips_and_errors():
     def exact(state, x, audio, rng, num_samples):
         return jnp.broadcast_to(x[:, N_PAST:], (num_samples, *x[:, N_PAST:].shape))

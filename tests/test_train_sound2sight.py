@@ -262,7 +262,16 @@ def test_cli_tiny_train_resume_and_evaluate(tmp_path):
     assert "step 20" in r.stdout
     assert list((work / "samples").glob("*/gt_best_samples.gif"))
 
-    r = _cli("launch/evaluate.py", "--workdir", str(work), "--num_samples", "3", "--max_clips", "8")
+    r = _cli(
+        "launch/evaluate.py",
+        "--workdir",
+        str(work),
+        "--num_samples",
+        "3",
+        "--max_clips",
+        "8",
+        f"--compare={work}",  # the run beside itself: the plumbing of --compare
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((work / "eval" / "test.json").read_text())
     assert res["checkpoint_step"] == 20 and res["num_clips"] == 8 and res["num_samples"] == 3
@@ -277,3 +286,8 @@ def test_cli_tiny_train_resume_and_evaluate(tmp_path):
     md = (work / "eval" / "test.md").read_text()
     assert "as the papers computed it: data_range 2.0" in md and "| Fr 6 | Fr 10 | Fr 15 |" in md
     assert "copy last seen frame" in md and "best of 3" in md and "mean of 3" in md
+    both = json.loads((work / "eval" / "test_compare.json").read_text())["runs"]
+    assert list(both) == ["run", str(work)]
+    assert both[str(work)]["mean_of_n"] == res["mean_of_n"]  # same seed and clips: same numbers
+    md = (work / "eval" / "test_compare.md").read_text()
+    assert md.count("Sound2Sight `run`, best of 3") == 3 and md.count("copy last seen frame") == 3

@@ -39,17 +39,23 @@ from avjax.metrics import image_quality as iq
 from avjax.metrics.block_iou import block_iou
 
 # sample_fn(state, frames [B, T, H, W, C] in [0, 1], audio [B, T, ...], rng, num_samples=S)
-#   -> futures [S, B, T - n_past, H, W, C]
-SampleFn = Callable[..., jax.Array]
+#   -> futures [S, B, T - n_past, H, W, C], or a dict with them as "frames" and other
+#   per-frame predictions (MCAV: "flow" [S, B, T - n_past, H, W, 2]) for `extra_metrics`.
+SampleFn = Callable[..., jax.Array | Mapping[str, jax.Array]]
+
+# config.task -> the model's name in the tables.
+METHODS = {"sound2sight": "Sound2Sight", "mcav": "MCAV"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
     """A per-frame metric: fn(pred, true, batch) -> [..., B, Tf] from frames [..., B, Tf, H, W, C].
 
-    `batch` holds the batch's arrays (frames, audio, block, ...) as the jitted function sees
-    them, for metrics that need more than the frames (e.g. flow). `higher_is_better` picks
-    the best-of-N reducer (max or min); `label` heads its table.
+    `batch` holds the batch's arrays (frames, audio, block, flow, ...) as the jitted function
+    sees them, plus the sampler's other predictions as `pred_<name>` (e.g. `pred_flow`
+    [..., B, Tf, H, W, 2]; zeros for the baselines: copying the last frame predicts no
+    motion), for metrics that need more than the frames (MCAV's AEPE). `higher_is_better`
+    picks the best-of-N reducer (max or min); `label` heads its table.
     """
 
     fn: Callable[[jax.Array, jax.Array, dict], jax.Array]
@@ -114,9 +120,16 @@ def make_batch_metrics(
         x = frames01(batch["frames"], frame_scale)
         gt = x[:, n_past:]
 
-        def score(p):  # [..., B, Tf, H, W, C] -> dict of [..., B, Tf]
+        def sample(key, n):  # -> frames [n, B, Tf, H, W, C], {name: [n, B, Tf, ...]}
+            out = sample_fn(state, x, batch["audio"], key, num_samples=n)
+            if isinstance(out, Mapping):
+                return out["frames"], {k: v for k, v in out.items() if k != "frames"}
+            return out, {}
+
+        def score(p, aux):  # [..., B, Tf, H, W, C] -> dict of [..., B, Tf]
             g = jnp.broadcast_to(gt, p.shape)
-            out = {name: m.fn(p, g, batch) for name, m in metrics.items()}
+            seen = {**batch, **{f"pred_{k}": v for k, v in aux.items()}}
+            out = {name: m.fn(p, g, seen) for name, m in metrics.items()}
             if with_iou:
                 out["block_iou"] = block_iou(
                     p[..., -1, :, :, :], g[..., -1, :, :, :], batch["block"]
@@ -124,7 +137,11 @@ def make_batch_metrics(
             return out
 
         def one_chunk(key):
-            return score(sample_fn(state, x, batch["audio"], key, num_samples=chunk))
+            return score(*sample(key, chunk))
+
+        # The baselines' other predictions: zeros shaped as one sample's.
+        shapes = jax.eval_shape(lambda k: sample(k, 1)[1], rng)
+        no_aux = jax.tree.map(lambda v: jnp.zeros(v.shape[1:], v.dtype), shapes)
 
         keys = jax.random.split(rng, num_chunks)
         per = jax.lax.map(one_chunk, keys)  # [num_chunks, chunk, B, ...]
@@ -133,10 +150,73 @@ def make_batch_metrics(
         return {
             "best_of_n": {k: (jnp.max if better[k] else jnp.min)(v, 0) for k, v in per.items()},
             "mean_of_n": jax.tree.map(lambda v: jnp.mean(v, 0), per),
-            **{name: score(base(x, n_past)) for name, base in BASELINES.items()},
+            **{name: score(base(x, n_past), no_aux) for name, base in BASELINES.items()},
         }
 
     return jax.jit(fn)
+
+
+def _at_frames(curve, frames, cols) -> list[str]:
+    """A per-frame curve at the report frames, then its mean over every predicted frame."""
+    return [f"{curve[frames.index(f)]:.4f}" for f in cols] + [f"{np.mean(curve):.4f}"]
+
+
+def compare_markdown(results: Mapping[str, dict]) -> str:
+    """Several runs' results on the same clips, side by side (`launch/evaluate.py --compare`).
+
+    Args:
+      results: {run name: `VideoPredictionEvaluator.evaluate` result}, the first one's clips,
+        frames and report frames head the tables; every run must have scored the same clips
+        (checked on the copy-last baseline, which depends on the clips alone).
+
+    Every metric of any run gets a table (its "labels" head them); runs without it show "-".
+
+    A run with one sample per clip (a deterministic model) has one row; a stochastic run
+    has its best-of-N and mean-of-N rows (MCAV's tables use mean of N).
+    """
+    first = next(iter(results.values()))
+    labels = {k: v for r in results.values() for k, v in r["labels"].items()}
+    frames, cols = first["frames"], first["report_frames"]
+    for run, r in results.items():
+        same = r["frames"] == frames and r["num_clips"] == first["num_clips"]
+        if not same or not np.allclose(
+            r["copy_last"]["psnr"], first["copy_last"]["psnr"], rtol=1e-5, atol=1e-5
+        ):
+            raise UserError(
+                f"{run} was not scored on the same clips and frames as {next(iter(results))} "
+                f"({r['num_clips']} clips, frames {r['frames'][0]}..{r['frames'][-1]} vs "
+                f"{first['num_clips']}, {frames[0]}..{frames[-1]})"
+            )
+    lines = [
+        f"# Comparison on split `{first['split']}`: {', '.join(results)}",
+        "",
+        f"{first['num_clips']} clips, {first['n_past']} seen frames, {first['n_eval']} "
+        "predicted; the same clips for every run. Frame numbers are 1-based.",
+        "",
+    ]
+    for metric, label in labels.items():
+        rows = []
+        for run, r in results.items():
+            n = r["num_samples"]
+            modes = (
+                [("mean_of_n", "")] if n == 1 else [("best_of_n", "best"), ("mean_of_n", "mean")]
+            )
+            for mode, how in modes:
+                title = f"{r['method']} `{run}`" + (f", {how} of {n}" if how else "")
+                curve = r[mode].get(metric)
+                rows.append(
+                    [
+                        title,
+                        *(_at_frames(curve, frames, cols) if curve else ["-"] * (len(cols) + 1)),
+                    ]
+                )
+        base = first["copy_last"].get(metric)
+        if base:
+            rows.append(["copy last seen frame", *_at_frames(base, frames, cols)])
+        lines += [f"## {label}", ""]
+        lines += tables.table(["method", *(f"Fr {f}" for f in cols), "mean"], rows)
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 class VideoPredictionEvaluator:
@@ -165,7 +245,7 @@ class VideoPredictionEvaluator:
         block_iou: bool = False,
         report_frames: Iterable[int] = (),
         extra_metrics: Mapping[str, Metric | Callable] | None = None,
-        method: str = "Sound2Sight",
+        method: str = METHODS["sound2sight"],
     ):
         self.n_past, self.n_eval, self.num_samples = n_past, n_eval, num_samples
         self.with_iou, self.method = bool(block_iou), method
@@ -210,6 +290,7 @@ class VideoPredictionEvaluator:
             sample_chunk=e.sample_chunk,
             block_iou=bool(e.get("block_iou", False)),
             report_frames=tuple(e.report_frames),
+            method=METHODS.get(config.task, config.task),
         )
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(sample_fn, **kw)
@@ -303,6 +384,8 @@ class VideoPredictionEvaluator:
             for mode, vals in sums.items()
         }
         result = {
+            "method": self.method,
+            "labels": {k: m.label for k, m in self.metrics.items()},
             "split": split,
             "checkpoint_step": int(step),
             "num_clips": num_clips,
@@ -347,12 +430,9 @@ class VideoPredictionEvaluator:
         ]
         cols = r["report_frames"]
         for metric, m in self.metrics.items():
-            rows = [
-                [name(row)] + [f"{r[mode][metric][frames.index(f)]:.4f}" for f in cols]
-                for mode, row in ROWS
-            ]
+            rows = [[name(row), *_at_frames(r[mode][metric], frames, cols)] for mode, row in ROWS]
             lines += [f"## {m.label}", ""]
-            lines += tables.table(["method", *(f"Fr {f}" for f in cols)], rows)
+            lines += tables.table(["method", *(f"Fr {f}" for f in cols), "mean"], rows)
             lines.append("")
         if "block_iou_last_frame" in r:
             clips = r["block_iou_clips"]
