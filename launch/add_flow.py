@@ -97,8 +97,8 @@ def main(argv):
     else:
         print(
             f"wrote {summary['path']}: {summary['clips']} clips, {summary['pairs']} frame pairs "
-            f"in {summary['seconds']:.1f} s; {summary['ms_per_pair']:.1f} ms per pair, "
-            f"{summary['ms_per_clip']:.0f} ms per clip (one worker's compute)"
+            f"in {summary['seconds']:.1f} s; CPU time {summary['ms_per_pair']:.1f} ms per pair, "
+            f"{summary['ms_per_clip']:.0f} ms per clip"
         )
     if _PREVIEWS.value:
         _previews(pathlib.Path(_DATA_DIR.value), summary["path"] / "previews", _PREVIEWS.value)
