@@ -57,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.kind = "m3so"  # 'm3so' | 'frames' (real videos, launch/preprocess.py)
     c.data.block = False  # M3SO with the block (only for the embedded :tiny data)
     c.data.synthetic = False  # embedded tiny M3SO-NB when data.dir is unset
+    c.data.flow = False  # batches gain "flow" [B, T, H, W, 2] (MCAV; launch/add_flow.py)
     c.data.train_split = "train"
     c.data.eval_split = "val"  # training-time eval; launch/evaluate.py takes --split
     c.data.n_past = 5

@@ -37,6 +37,7 @@ INPUTS: dict[str, Callable[[Any, ModelFns | None], Inputs]] = {
     "transformer": codes_inputs.make_inputs,
     "melgan": wave_inputs.make_inputs,
     "sound2sight": video_inputs.make_inputs,
+    "mcav": video_inputs.make_inputs,  # with config.data.flow: batches gain "flow"
 }
 
 

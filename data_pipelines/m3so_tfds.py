@@ -39,6 +39,7 @@ __all__ = [
     "AvFramesBuilder",
     "ClipSource",
     "M3soBuilder",
+    "dataset_dir",
     "open_clips",
     "write_m3so",
 ]
@@ -258,7 +259,8 @@ def _m3so_example(out: dict[str, np.ndarray], j: int, ex_id: str) -> dict[str, A
 # ----------------------------------------------------------------------------- reading
 
 
-def _dataset_dir(root: Path) -> Path:
+def dataset_dir(root: Path) -> Path:
+    """The prepared clip dataset (`<name>/<version>/`) in `root` (or `root` itself)."""
     if (root / "dataset_info.json").is_file():
         return root
     infos = sorted(root.glob("avjax_*/*/dataset_info.json"))
@@ -286,7 +288,7 @@ class ClipSource:
         root = Path(data_dir).expanduser()
         if not root.is_dir():
             raise MissingFileError(f"config.data.dir: {root} is not a directory")
-        ds_dir = _dataset_dir(root)
+        ds_dir = dataset_dir(root)
         builder = tfds.builder_from_directory(os.fspath(ds_dir))
         split = SPLIT_ALIASES.get(split, split)
         if split not in builder.info.splits:

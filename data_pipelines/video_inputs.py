@@ -15,6 +15,13 @@ global batch, P processes, B = G // P):
 Batches: {"frames": uint8 [B, T, H, W, C], "audio": float32 [B, T, Fa, Ta], "block": int32
 [B, 4]} (+ "mask": float32 [B] in eval). Frames stay uint8; the task scales them. The audio
 patches are `log1p(|STFT|) / log1p(sum(window) / 2)` (see `m3so.audio_features`).
+
+With `config.data.flow` (MCAV) batches also hold "flow": float32 [B, T, H, W, 2], the stored
+backward TV-L1 flow of the same frames (`clip_flow`): flow[:, t] warps frames[:, t - 1] into
+frames[:, t] (`avjax.video.flow.warp`), and flow[:, 0] is 0 in every window (its first frame
+has no earlier frame inside the window, as at the start of an eval clip). A dataset without
+flow stops with the `launch/add_flow.py` command that adds it; the `:tiny` data get theirs
+computed once, on first use.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from data_pipelines import base, m3so, m3so_tfds, pipeline
+from data_pipelines import base, clip_flow, m3so, m3so_tfds, pipeline
 from data_pipelines.errors import UserError
 
 __all__ = ["make_clip_dataset", "make_inputs", "synthetic_dir"]
@@ -60,25 +67,33 @@ class _First(grain.transforms.Map):
 
 def _slice(element, start: int, length: int) -> dict:
     end = start + length
-    return {
+    out = {
         "frames": element["frames"][start:end],
         "audio": element["audio"][start:end],
         "block": element["block"],
     }
+    if "flow" in element:  # a FlowClipSource: the first frame of a window has no flow
+        flow = element["flow"][start:end].astype(np.float32)
+        flow[0] = 0.0
+        out["flow"] = flow
+    return out
 
 
-def _filler(source: m3so_tfds.ClipSource) -> dict:
+def _filler(source: m3so_tfds.ClipSource | clip_flow.FlowClipSource) -> dict:
     """The all-zero clip that pads the last eval batch."""
     T = source.num_frames
-    return {
+    out = {
         "frames": np.zeros((T, *source.frame_shape), np.uint8),
         "audio": np.zeros((T, *source.audio_shape), np.float32),
         "block": np.zeros((4,), np.int32),
     }
+    if isinstance(source, clip_flow.FlowClipSource):
+        out["flow"] = np.zeros((T, *source.frame_shape[:2], 2), np.float16)
+    return out
 
 
 def make_clip_dataset(
-    source: m3so_tfds.ClipSource,
+    source: m3so_tfds.ClipSource | clip_flow.FlowClipSource,
     *,
     num_frames: int,
     global_batch_size: int,
@@ -223,7 +238,10 @@ def _synthetic(config) -> pathlib.Path:
     if kind not in ("m3so", "frames"):
         raise UserError(f"config.data.kind={kind!r}: expected 'm3so' or 'frames'")
     need = d.n_past + max(d.n_future, d.n_eval)
-    return synthetic_dir(max(30, need), block=d.block, kind=kind)
+    out = synthetic_dir(max(30, need), block=d.block, kind=kind)
+    if d.flow:
+        clip_flow.ensure_tiny_flow(out)
+    return out
 
 
 def _check(source: m3so_tfds.ClipSource, config, length: int, what: str):
@@ -250,16 +268,25 @@ def _check(source: m3so_tfds.ClipSource, config, length: int, what: str):
         )
 
 
+def _open(data_dir: pathlib.Path, split: str, config, length: int, what: str):
+    """A split's clips, checked against `config.data`; with their flow if `config.data.flow`."""
+    clips = m3so_tfds.open_clips(data_dir, split)
+    _check(clips, config, length, what)
+    return clip_flow.with_flow(clips) if config.data.flow else clips
+
+
 def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
-    """Train iterator, eval iterator factory and (empty) stats for `config.task='sound2sight'`."""
+    """Train iterator, eval iterator factory and (empty) stats for the clip tasks
+    (`config.task` 'sound2sight', 'mcav'); "flow" in the batches with `config.data.flow`."""
     del model_fns  # runs no model
     d = config.data
     data_dir = base.resolve_data_dir(config, lambda: _synthetic(config), _HINT)
     train_len = d.n_past + d.n_future
     eval_len = d.n_past + d.n_eval
     train_split = d.train_split
-    train_src = m3so_tfds.open_clips(data_dir, train_split)
-    _check(train_src, config, train_len, "config.data.n_past + config.data.n_future")
+    train_src = _open(
+        data_dir, train_split, config, train_len, "config.data.n_past + config.data.n_future"
+    )
     logging.info("train data: %r from %s", train_src, data_dir)
     common = dict(global_batch_size=d.global_batch_size, read_threads=d.read_threads)
     train_ds = make_clip_dataset(
@@ -267,8 +294,9 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
     )
     eval_iter_fn = None
     if d.eval_split:
-        eval_src = m3so_tfds.open_clips(data_dir, d.eval_split)
-        _check(eval_src, config, eval_len, "config.data.n_past + config.data.n_eval")
+        eval_src = _open(
+            data_dir, d.eval_split, config, eval_len, "config.data.n_past + config.data.n_eval"
+        )
         eval_iter_fn = lambda: iter(
             make_clip_dataset(
                 eval_src, num_frames=eval_len, seed=config.seed, train=False, **common

@@ -137,6 +137,11 @@ CASES = {
         "extract_codes.py --codebook_workdir {cb} --data_dir {r}/data",
         ["--codebook_workdir", "no checkpoint steps"],
     ),
+    "add_flow_missing_dir": ("add_flow.py --data_dir {r}/nope", ["--data_dir", "nope"]),
+    "add_flow_no_clips": (
+        "add_flow.py --data_dir {r}/empty",
+        ["no prepared clip dataset", "make_m3so.py"],
+    ),
     "make_m3so_num_frames": ("make_m3so.py --out {r}/m3 --num_frames 1", ["--num_frames=1"]),
     "make_m3so_missing_mnist": (
         "make_m3so.py --out {r}/m3 --mnist_dir {r}/nope",

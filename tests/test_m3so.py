@@ -366,6 +366,7 @@ def _config(**data):
         kind="m3so",
         block=False,
         synthetic=True,
+        flow=False,
         n_past=5,
         n_future=15,
         n_eval=25,

@@ -151,6 +151,7 @@ def test_make_inputs_on_real_frames(cli_out):
         dir=os.fspath(out),
         kind="frames",
         synthetic=False,
+        flow=False,
         n_past=15,
         n_future=15,
         n_eval=30,
