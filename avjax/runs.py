@@ -33,6 +33,11 @@ class Run:
         return self.state["params"]
 
 
+# Fields configs gained after runs were written: task -> {dotted field: the value that keeps
+# the old behaviour}. `read_config` fills them in, so a run written before still loads.
+ADDED_FIELDS = {"sound2sight": {"data.flow": False}}
+
+
 def read_config(workdir: str | pathlib.Path, task: str | tuple[str, ...] | None = None):
     """A run's `config.json` as a ConfigDict, checked to be of `task` (one name or several).
 
@@ -53,6 +58,12 @@ def read_config(workdir: str | pathlib.Path, task: str | tuple[str, ...] | None 
     if wanted and config.get("task") not in wanted:
         names = " or ".join(repr(t) for t in wanted)
         raise UserError(f"{workdir} is a {config.get('task')!r} run, not a {names} run")
+    for field, value in ADDED_FIELDS.get(config.get("task"), {}).items():
+        *parents, leaf = field.split(".")
+        node = config
+        for name in parents:
+            node = node.setdefault(name, {})
+        node.setdefault(leaf, value)
     return ml_collections.ConfigDict(config)
 
 

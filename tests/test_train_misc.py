@@ -96,3 +96,20 @@ def test_epoch_schedules_follow_the_dataset_and_batch():
 
     with pytest.raises(UserError, match="global_batch_size=110 is larger than the 50"):
         schedule.resolve_steps(sound2sight_m3so_nb.get_config(), num_train_examples=50)
+
+
+def test_read_config_fills_fields_added_since_a_run_was_written(tmp_path):
+    """A Sound2Sight run written before `data.flow` existed still loads, with flow off."""
+    import json
+
+    from avjax import runs
+    from configs import sound2sight_m3so_nb
+
+    c = json.loads(sound2sight_m3so_nb.get_config("tiny").to_json())
+    del c["data"]["flow"]
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    got = runs.read_config(tmp_path, "sound2sight")
+    assert got.data.flow is False and got.data.n_past == c["data"]["n_past"]
+    c["data"]["flow"] = True  # a value the run has is kept
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    assert runs.read_config(tmp_path).data.flow is True
