@@ -324,7 +324,10 @@ def build_ui(v2s: VideoToSound, s2v: SoundToVideo | None):
             return sound_outputs(fail(message), [])
         return sound_outputs(status, files)
 
-    def on_pick(clip):
+    def on_pick(clip, upload):
+        """The preview: the uploaded video, else the picked clip."""
+        if upload:
+            return upload
         if clip is None or not v2s.clips:
             return None
         return str(v2s.clips[clip])
@@ -350,7 +353,10 @@ def build_ui(v2s: VideoToSound, s2v: SoundToVideo | None):
                         elem_id="clip",
                     )
                     preview = gr.Video(
-                        label="the clip", interactive=False, height=240, elem_id="preview"
+                        label="the video (the upload, else the clip)",
+                        interactive=False,
+                        height=240,
+                        elem_id="preview",
                     )
                     upload = gr.File(
                         label="or upload a video (used instead of the clip)",
@@ -418,8 +424,8 @@ def build_ui(v2s: VideoToSound, s2v: SoundToVideo | None):
                         elem_id=f"files_{i}",
                     )
                 slots += [group, img, aud, vid, files]
-            clip.change(on_pick, clip, preview)
-            demo.load(on_pick, clip, preview)
+            for event in (clip.change, upload.change, demo.load):
+                event(on_pick, [clip, upload], preview)
             go.click(
                 on_sample,
                 [clip, upload, feats, num, top_k, temp, secs, seed],

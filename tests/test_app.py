@@ -4,7 +4,8 @@ The app serves the quickstart's tiny runs on a free port; the page is used as a 
 would: a broken upload and an upload without features get one clear line each, then a
 video + its feature file give samples whose audio element plays a decodable WAV and whose
 MP4 has the generated sound; the Sound2Sight tab gives the predicted frames as a GIF. A
-screenshot of the page is written to `<pytest tmp>/app/app_screenshot.png` (printed).
+screenshot of the page, `app_screenshot.png`, is written next to the app's files in pytest's
+temporary folder (the test prints the path; `pytest -s` shows it).
 Chromium comes from `scripts/install_chromium.sh` (`make browser`, run by `.ci/run`); the
 test skips, saying so, where it is not installed.
 """
