@@ -217,9 +217,7 @@ class SoundToVideo:
             self.run_ = load_run(workdir, "sound2sight")
             self.task = Sound2SightTask.from_config(self.run_.config)
             self.clips = video_inputs.open_eval_clips(self.run_.config)
-        except UserError as e:
-            raise UserError(f"--s2s_workdir: {e}") from None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # UserError included
             raise UserError(f"--s2s_workdir: {e}") from None
         d = self.run_.config.data
         self.n_past, self.length, self.fps = d.n_past, d.n_past + d.n_eval, float(d.fps)
