@@ -1,13 +1,16 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
 #   make demo   # trains the tiny SpecVQGAN codebook on embedded synthetic data, resumes, decodes
 #   make test   # the whole test suite (8 fake CPU devices)
+#   make notebook; make app   # notebooks/quickstart executed, then the web app on its runs
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := workdirs/demo_specvqgan_tiny
+QUICKSTART := workdirs/quickstart
+PORT ?= 7860
 
-.PHONY: demo test test-fast lint format venv clean bench
+.PHONY: demo test test-fast lint format venv clean bench notebook app browser
 
 venv: $(STAMP)
 
@@ -28,6 +31,25 @@ demo: $(STAMP)
 	$(PY) launch/codec.py --workdir $(DEMO) --out $(DEMO)/codec \
 	    --input $$($(PY) -c 'from data_pipelines.inputs import demo_clip; print(demo_clip())')
 	@echo "demo run: $(DEMO) (tensorboard --logdir $(DEMO)/tensorboard)"
+
+# notebooks/quickstart.py run top to bottom (tiny runs in $(QUICKSTART)/, a few minutes on
+# CPU), saved with its outputs (pictures, audio and video players) as $(QUICKSTART)/quickstart.ipynb.
+notebook: $(STAMP)
+	mkdir -p $(QUICKSTART)
+	$(VENV)/bin/jupytext --to ipynb -q -o $(QUICKSTART)/quickstart.ipynb notebooks/quickstart.py
+	AVJAX_QUICKSTART_RUNS=$(abspath $(QUICKSTART)) $(VENV)/bin/jupyter-execute --inplace \
+	    --timeout=1800 $(QUICKSTART)/quickstart.ipynb
+	@echo "executed notebook: $(QUICKSTART)/quickstart.ipynb (files in $(QUICKSTART)/outputs)"
+
+# The web app (launch/app.py) on the quickstart's runs: http://127.0.0.1:$(PORT)/
+app: $(STAMP)
+	test -f $(QUICKSTART)/transformer/config.json || $(MAKE) notebook
+	$(PY) launch/app.py --workdir $(QUICKSTART)/transformer \
+	    --s2s_workdir $(QUICKSTART)/sound2sight --port $(PORT)
+
+# Headless Chromium (Debian's package) for the browser test; needs root or sudo.
+browser:
+	bash scripts/install_chromium.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests

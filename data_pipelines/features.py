@@ -34,6 +34,7 @@ __all__ = [
     "FEATURE_DIRS",
     "FeatureSpec",
     "clip_feature_paths",
+    "condition",
     "crop_rows",
     "features_from_file",
     "load_clip_features",
@@ -45,6 +46,8 @@ __all__ = [
     "read_feature_streams",
     "resample_indices",
     "tile_or_crop",
+    "video_feature_paths",
+    "visual_streams",
 ]
 
 RGB_BNINCEPTION = "feature_rgb_bninception_dim1024_21.5fps"
@@ -230,3 +233,91 @@ def features_from_file(
 ) -> np.ndarray:
     """A user-given feature file (`read_feature_streams`) -> [sample_size, D] float32."""
     return prepare_features(read_feature_streams(path, spec.dim, flow), spec)
+
+
+def video_feature_paths(video: str | os.PathLike, kind: str) -> list[Path] | None:
+    """The feature files of a video, found beside it, or None (`[]` for kind "none").
+
+    For `D/<id>.mp4` the feature folders (`FEATURE_DIRS[kind]`, each holding `<id>.pkl`) are
+    looked for in `D/`, in `D/..` (a `videos/` folder beside them: the embedded clips'
+    `<class>/videos/`) and in `D/../../features/<class>/` (the VAS download's
+    `videos/<class>/<id>.mp4` next to `features/<class>/`), in that order.
+    """
+    if kind == "none":
+        return []
+    video = Path(video)
+    here = video.parent
+    for base in (here, here.parent, here.parent.parent / "features" / here.name):
+        paths = [base / folder / f"{video.stem}.pkl" for folder, _ in FEATURE_DIRS[kind]]
+        if all(p.is_file() for p in paths):
+            return paths
+    return None
+
+
+def visual_streams(
+    spec: FeatureSpec,
+    features: str | os.PathLike | None = None,
+    flow: str | os.PathLike | None = None,
+    video: str | os.PathLike | None = None,
+    extractor=None,
+) -> list[np.ndarray] | None:
+    """The per-frame feature streams that condition one clip ([T, D_i] at 21.5 fps).
+
+    In order of preference: the feature file `features` (`read_feature_streams`), the files
+    found beside `video` (`video_feature_paths`), or `extractor(video)` ([T, 2048] ResNet-50
+    features of its frames; a ResNet-50-conditioned run only). A "No Feats" run
+    (`spec.kind == "none"`) takes none: returns None.
+
+    Raises:
+      UserError saying what to give when none of these applies.
+    """
+    if spec.kind == "none":
+        return None
+    if features:
+        return read_feature_streams(features, spec.dim, flow)
+    if not video:
+        raise UserError(
+            f"this run is conditioned on {spec.kind} features: give the clip's feature file "
+            "(.pkl) or its video"
+        )
+    found = video_feature_paths(video, spec.kind)
+    if found:
+        dims = [d for _, d in FEATURE_DIRS[spec.kind]]
+        return [load_feature_pkl(p, d) for p, d in zip(found, dims)]
+    if spec.kind != "resnet50":
+        raise UserError(
+            f"{Path(video).name}: this run is conditioned on {spec.kind} features, which need "
+            "optical flow and cannot be computed from a video here; give the clip's feature "
+            "file (the official feature_rgb_bninception pkl) or use a ResNet-50-conditioned run"
+        )
+    if extractor is None:
+        raise UserError(
+            f"{Path(video).name}: no feature file beside it, and computing them needs real "
+            "ResNet-50 weights: give the clip's feature file (.pkl) or --resnet50_weights (a "
+            "torchvision ImageNet resnet50 state dict; .pth needs the torch extra, an .npz "
+            "of the same keys works without)"
+        )
+    # As the official demo (`LeftmostCropOrTile`): a short clip's frames repeat from its start.
+    x = extractor(video)
+    return [tile_or_crop(x, max(spec.feat_len, len(x)))]
+
+
+def condition(
+    streams: Sequence[np.ndarray] | None,
+    spec: FeatureSpec,
+    columns: int,
+    window_columns: int,
+    seed: int = 0,
+) -> np.ndarray:
+    """The transformer's condition for `columns` code columns of audio.
+
+    Returns the model's condition [sample_size, D] (`prepare_features`; seeded uniform noise
+    for "No Feats", `streams` None), or per-frame features [>= 4 * columns + 1, D] when
+    `columns` exceed one training window (`window_columns`): the sampler then slides its
+    window over them (4 video frames per code column of the paper's codebook).
+    """
+    if streams is None:
+        return random_features(spec, np.random.default_rng(seed))
+    if columns > window_columns:
+        return per_frame_features(streams, 4 * columns + 1)
+    return prepare_features(streams, spec)

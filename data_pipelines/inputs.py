@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import base, codes_inputs, spec_inputs, video_inputs, wave_inputs
+from data_pipelines import (
+    base,
+    codes_inputs,
+    spec_inputs,
+    synthetic_audio,
+    video_inputs,
+    wave_inputs,
+)
 from data_pipelines.base import Inputs, ModelFns, cache_dir, resolve_data_dir
 from data_pipelines.errors import UserError
 
@@ -26,6 +33,7 @@ __all__ = [
     "ModelFns",
     "cache_dir",
     "demo_clip",
+    "demo_videos",
     "make_inputs",
     "resolve_data_dir",
 ]
@@ -69,3 +77,15 @@ def demo_clip() -> pathlib.Path:
         wave = np.load(root / cls / "melspec_10s_22050hz" / f"{vid}_audio.npy")
         io.write_wav(wav, wave, 22050)
     return wav
+
+
+def demo_videos() -> list[pathlib.Path]:
+    """The embedded validation clips as videos with sound, made once (16 x 10 s, 96x96).
+
+    `<cache>/synthetic_specs/<class>/videos/<id>.mp4` (`synthetic_audio.synth_video`), with
+    their ResNet-50-layout features beside them, so a `:tiny` video-to-sound run samples
+    from them as from real clips (`features.video_feature_paths` finds the features).
+    """
+    root = base.synthetic_specs_dir()
+    synthetic_audio.add_synthetic_features(root, "resnet50")
+    return synthetic_audio.add_synthetic_videos(root, "valid")

@@ -13,6 +13,12 @@ trains and harmonic stacks.
 [215, 1024] + flow [216, 1024] pair), so the transformer's `:tiny` configs train on embedded
 data: a sparse non-negative class prototype scaled frame by frame by the clip's loudness at
 that video frame (21.5 fps = 4 mel hops), plus faint noise; deterministic.
+
+`add_synthetic_videos(out)` gives the validation clips a picture to go with their sound,
+`<class>/videos/<id>.mp4` (`synth_video`: a disc in the class's colour whose size follows
+the loudness and whose height follows the pitch, 21.5 fps, with the clip's audio), so
+video-to-sound runs end to end on embedded data; the features beside the videos condition
+the transformer (`data_pipelines.features.video_feature_paths` finds them).
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ __all__ = [
     "CLASSES",
     "MARKER",
     "add_synthetic_features",
+    "add_synthetic_videos",
     "make_synthetic_dataset",
     "synth_clip",
     "synth_features",
+    "synth_video",
 ]
 
 SR = MEL_DEFAULT.sample_rate
@@ -303,3 +311,81 @@ def add_synthetic_features(root: str | os.PathLike, kind: str = "resnet50") -> P
             start += dim
     marker.write_text(json.dumps(want, indent=1))
     return root
+
+
+VIDEO_FPS = 21.5  # the feature rate: video frame t sits at mel column 4 t
+VIDEO_SIZE = 96
+VIDEO_DIR = "videos"
+_VIDEOS_VERSION = 1
+# Class -> RGB colour of its disc.
+_COLOURS = {
+    "chirp": (255, 150, 40),
+    "click_train": (80, 220, 90),
+    "harmonic_stack": (70, 140, 255),
+    "noise_burst": (225, 225, 225),
+    "vibrato_tone": (240, 70, 90),
+}
+
+
+def synth_video(mel: np.ndarray, class_name: str, size: int = VIDEO_SIZE) -> np.ndarray:
+    """A picture for a synthetic clip: one frame per 4 mel columns (21.5 fps).
+
+    A disc in the class's colour on a dark background; its radius follows the loudness of
+    the frame (mean log-mel) and its height the spectral centroid (high pitch higher).
+
+    Args:
+      mel: the clip's log-mel [80, T] in [0, 1].
+      class_name: a key of `CLASSES` (the colour).
+      size: frame side in pixels (even, as H.264 wants).
+
+    Returns:
+      uint8 RGB frames [ceil(T / 4), size, size, 3].
+    """
+    if class_name not in _COLOURS:
+        raise ValueError(f"unknown synthetic class {class_name!r}; expected one of {_CLASS_NAMES}")
+    cols = np.asarray(mel, np.float32)[:, ::4]  # [80, frames]
+    loud = cols.mean(axis=0)
+    bins = np.arange(cols.shape[0], dtype=np.float32)[:, None]
+    centroid = (bins * cols).sum(axis=0) / np.maximum(cols.sum(axis=0), 1e-6) / cols.shape[0]
+    radius = size * (0.08 + 0.35 * np.clip(loud / 0.6, 0.0, 1.0))  # [frames]
+    cy = size * (0.85 - 0.7 * np.clip(centroid, 0.0, 1.0))
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) + 0.5
+    dist = np.sqrt((xx[None] - size / 2) ** 2 + (yy[None] - cy[:, None, None]) ** 2)
+    alpha = np.clip(radius[:, None, None] - dist, 0.0, 1.0)[..., None]  # anti-aliased edge
+    colour = np.asarray(_COLOURS[class_name], np.float32)
+    frames = 20.0 * (1.0 - alpha) + colour * alpha
+    return (frames + 0.5).astype(np.uint8)
+
+
+def add_synthetic_videos(root: str | os.PathLike, split: str = "valid") -> list[Path]:
+    """Writes `<class>/videos/<id>.mp4` (`synth_video` + the clip's audio) for one split.
+
+    Idempotent (a marker is written last; each file is written under a temporary name and
+    renamed). Returns the videos of the split, in the split list's order.
+    """
+    from avjax.video import io as video_io
+
+    root = Path(root)
+    params = _read_marker(root)
+    if params is None:
+        raise FileNotFoundError(f"{root}: not a synthetic dataset (no {MARKER})")
+    lines = (root / f"vas_{split}.txt").read_text().split()
+    paths = [root / line.split("/")[0] / VIDEO_DIR / f"{line.split('/')[1]}.mp4" for line in lines]
+    want = {"version": _VIDEOS_VERSION, "split": split, "size": VIDEO_SIZE, "dataset": params}
+    marker = root / f"_SYNTHETIC_VIDEOS_{split}.json"
+    try:
+        if json.loads(marker.read_text()) == want and all(p.is_file() for p in paths):
+            return paths
+    except (OSError, ValueError):
+        pass
+    for line, path in zip(lines, paths):
+        cls, vid = line.split("/")
+        mel_dir = root / cls / "melspec_10s_22050hz"
+        frames = synth_video(np.load(mel_dir / f"{vid}_mel.npy"), cls)
+        wave = np.load(mel_dir / f"{vid}_audio.npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{vid}.tmp-{os.getpid()}.mp4"  # the suffix picks the muxer
+        video_io.write_video(tmp, frames, VIDEO_FPS, wave, SR)
+        os.replace(tmp, path)
+    marker.write_text(json.dumps(want, indent=1))
+    return paths

@@ -39,7 +39,7 @@ from absl import logging
 from data_pipelines import base, clip_flow, m3so, m3so_tfds, pipeline
 from data_pipelines.errors import UserError
 
-__all__ = ["make_clip_dataset", "make_inputs", "synthetic_dir"]
+__all__ = ["make_clip_dataset", "make_inputs", "open_eval_clips", "synthetic_dir"]
 
 TINY_TRAIN, TINY_TEST = 64, 16
 
@@ -304,3 +304,17 @@ def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
         )
     class_names = tuple(train_src.metadata.get("class_names", ()))
     return base.Inputs(iter(train_ds), eval_iter_fn, {}, class_names, data_dir, len(train_src))
+
+
+def open_eval_clips(config, split: str | None = None) -> m3so_tfds.ClipSource:
+    """Random access to the clips of a run's evaluation split (default `data.eval_split`).
+
+    The dataset of `config.data.dir` (or the embedded one of a `:tiny` run), checked to hold
+    clips of at least n_past + n_eval frames of the run's shape. For people picking a clip
+    (`launch/app.py`, the quickstart notebook); `make_inputs` batches them for evaluation.
+    """
+    d = config.data
+    data_dir = base.resolve_data_dir(config, lambda: _synthetic(config), _HINT)
+    source = m3so_tfds.open_clips(data_dir, split or d.eval_split or "test")
+    _check(source, config, d.n_past + d.n_eval, "config.data.n_past + config.data.n_eval")
+    return source

@@ -9,8 +9,10 @@ config names). The condition is, in order of preference:
   --features: an official-layout feature file: `feature_resnet50_dim2048_21.5fps/<id>.pkl`,
     or a BN-Inception rgb pkl (its flow twin is found in the sibling folder, or given by
     --flow_features), as the run was trained on;
-  --video alone: ResNet-50 features of its frames at 21.5 fps (needs --resnet50_weights, an
-    ImageNet torchvision ResNet-50 state dict; a ResNet-50-conditioned run);
+  --video alone: the feature files beside it (`data_pipelines.features.video_feature_paths`:
+    the official VAS `videos/<class>/` + `features/<class>/` layout, or feature folders next
+    to the video), else ResNet-50 features of its frames at 21.5 fps (needs
+    --resnet50_weights, an ImageNet torchvision ResNet-50 state dict; a ResNet-50 run);
   neither, for "No Feats" runs (`data.features='none'`): seeded uniform noise.
 Writes DIR/<name>_sample_<i>.wav (22050 Hz), DIR/<name>_sample_<i>.png (log-mel, low
 frequencies at the bottom) and, with --video, DIR/<name>_sample_<i>.mp4: the input video
@@ -68,19 +70,6 @@ def run_config(workdir: pathlib.Path):
         raise UserError(f"--workdir: {e}") from None
 
 
-def feature_spec(config):
-    from data_pipelines import features as F
-
-    d, m = config["data"], config["model"]
-    return F.FeatureSpec(
-        kind=d["features"] if m["feat_dim"] else "none",  # feat_dim 0: a class-only model
-        feat_len=d["feat_len"],
-        feat_crop=d["feat_crop"],
-        sample_size=d["feat_sample_size"],
-        dim=m["feat_dim"],
-    )
-
-
 def read_streams(spec) -> list[np.ndarray] | None:
     """The per-frame feature streams of the input ([T, D_i] at 21.5 fps); None: No Feats."""
     from data_pipelines import features as F
@@ -98,51 +87,16 @@ def read_streams(spec) -> list[np.ndarray] | None:
                 f"{spec.kind} features ({', '.join(sorted(trained))})",
                 file=sys.stderr,
             )
-        return F.read_feature_streams(FLAGS.features, spec.dim, FLAGS.flow_features)
-    if not FLAGS.video:
-        raise ValueError(
-            f"this run is conditioned on {spec.kind} features: give --features FILE.pkl or "
-            "--video clip.mp4 (with --resnet50_weights)"
-        )
-    if spec.kind != "resnet50":
-        raise ValueError(
-            f"this run is conditioned on {spec.kind} features, which need optical flow and "
-            "cannot be computed from --video here; give --features (the official "
-            "feature_rgb_bninception pkl) or use a ResNet-50-conditioned run"
-        )
-    if not FLAGS.resnet50_weights:
-        raise ValueError(
-            "--video without --features needs real ResNet-50 weights: pass --resnet50_weights, "
-            "a torchvision ImageNet resnet50 state dict (.pth needs the torch extra; an .npz of "
-            "the same keys works without), or give --features"
-        )
-    from avjax.models.resnet_features import resnet50_features
+    elif FLAGS.video and (found := F.video_feature_paths(FLAGS.video, spec.kind)):
+        print(f"using the features beside the video: {', '.join(map(str, found))}")
+    extractor = None
+    if FLAGS.resnet50_weights:
+        from avjax.models.resnet_features import resnet50_features
 
-    # As the official demo (`LeftmostCropOrTile`): a short clip's frames repeat from its start.
-    x = resnet50_features(FLAGS.video, FLAGS.resnet50_weights, FPS)
-    return [F.tile_or_crop(x, max(spec.feat_len, len(x)))]
-
-
-def num_columns(v2s, seconds: float | None) -> int:
-    """Code columns for `seconds` of audio (default: one window, 53 columns = 848 frames)."""
-    if seconds is None:
-        return v2s.window_columns
-    if seconds <= 0:
-        raise ValueError(f"--seconds={seconds} must be positive")
-    frames_per_column = v2s.codec.crop_frames // v2s.window_columns  # 16 mel hops
-    spec = v2s.codec.spec
-    return max(1, int(seconds * spec.sample_rate / spec.hop_length // frames_per_column))
-
-
-def condition(streams, spec, columns: int, window_columns: int, seed: int) -> np.ndarray:
-    """The model's condition [Tc, D], or per-frame features [T, D] when sliding a window."""
-    from data_pipelines import features as F
-
-    if streams is None:
-        return F.random_features(spec, np.random.default_rng(seed))
-    if columns > window_columns:  # 4 video frames per code column (21.5 fps vs 16 hops)
-        return F.per_frame_features(streams, 4 * columns + 1)
-    return F.prepare_features(streams, spec)
+        extractor = lambda video: resnet50_features(video, FLAGS.resnet50_weights, FPS)
+    return F.visual_streams(
+        spec, FLAGS.features, FLAGS.flow_features, FLAGS.video, extractor=extractor
+    )
 
 
 def main(argv):
@@ -152,21 +106,23 @@ def main(argv):
     import jax
     from tqdm import tqdm
 
-    from avjax import images
-    from avjax.audio import io as audio_io
     from avjax.audio.vocoder import load_vocoder
     from avjax.models.specvqgan.video2sound import Video2Sound
+    from avjax.samples import write_audio_sample
     from avjax.video import io as video_io
+    from data_pipelines import features as F
 
     workdir, out = pathlib.Path(FLAGS.workdir), pathlib.Path(FLAGS.out)
     if FLAGS.num_samples < 1:
         raise UserError(f"--num_samples={FLAGS.num_samples} must be >= 1")
+    if FLAGS.seconds is not None and not FLAGS.seconds > 0:
+        raise UserError(f"--seconds={FLAGS.seconds} must be positive")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a directory")
     bar = tqdm(total=5 + FLAGS.num_samples, unit="step", desc="loading", dynamic_ncols=True)
     try:  # missing / unreadable / malformed inputs stop here, before the slow part
         config = run_config(workdir)
-        spec = feature_spec(config)
+        spec = F.FeatureSpec.from_config(config)
         num_classes = config["model"].get("num_classes", 0)
         if num_classes and (FLAGS.label is None or not 0 <= FLAGS.label < num_classes):
             raise ValueError(f"this run is class-conditioned: give --label in [0, {num_classes})")
@@ -177,20 +133,15 @@ def main(argv):
         bar.update(1)
         v2s = Video2Sound.from_workdir(workdir, FLAGS.codebook_workdir)
         vocoder = load_vocoder(FLAGS.vocoder_workdir)
-        columns = num_columns(v2s, FLAGS.seconds)
-        feats = condition(streams, spec, columns, v2s.window_columns, FLAGS.seed)
+        columns = v2s.num_columns(FLAGS.seconds)
+        feats = F.condition(streams, spec, columns, v2s.window_columns, FLAGS.seed)
     except (OSError, ValueError) as e:
         bar.close()
         raise UserError(str(e)) from None
     bar.update(1)
     labels = np.asarray([FLAGS.label], np.int32) if num_classes else None
-    s = config.get("sampling", {})
-    pick = lambda flag, key, default: flag if flag is not None else s.get(key, default)
-    kw = dict(
-        temperature=pick(FLAGS.temperature, "temperature", 1.0),
-        top_k=pick(FLAGS.top_k, "top_k", 0),
-        top_p=pick(FLAGS.top_p, "top_p", 1.0),
-    )
+    # None: the run's config.sampling value (Video2Sound.sampling_defaults)
+    kw = dict(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
     bar.set_description(f"sampling {FLAGS.num_samples} x {v2s.rows * columns} tokens")
     t0 = time.perf_counter()
     codes = v2s.sample_codes(
@@ -217,13 +168,8 @@ def main(argv):
     written = []
     for i, (mel, wave) in enumerate(zip(mels, waves)):
         bar.set_description(f"writing sample {i}")
-        stem = out / f"{name}_sample_{i}"
-        audio_io.write_wav(stem.with_suffix(".wav"), wave, sr)
-        images.save_png(stem.with_suffix(".png"), mel[::-1], scale=2)
-        written += [stem.with_suffix(".wav"), stem.with_suffix(".png")]
-        if FLAGS.video:
-            video_io.replace_audio(FLAGS.video, wave, sr, stem.with_suffix(".mp4"))
-            written.append(stem.with_suffix(".mp4"))
+        files = write_audio_sample(out / f"{name}_sample_{i}", mel, wave, sr, FLAGS.video)
+        written += list(files.values())
         bar.update(1)
     bar.close()
     seconds = waves.shape[1] / sr

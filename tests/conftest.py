@@ -72,3 +72,66 @@ def pytest_collection_modifyitems(config, items):
         return _HEAVY_FIRST.index(name) if name in _HEAVY_FIRST else len(_HEAVY_FIRST)
 
     items.sort(key=rank)  # stable: the order inside each file is kept
+
+
+def _one_device_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+@pytest.fixture
+def one_device_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: one CPU device, as a user runs it (fast compiles)."""
+    return _one_device_env()
+
+
+# The tiny runs of notebooks/quickstart.py, trained with its exact commands: the notebook
+# test and the app test reuse them (the notebook's `train` cells then resume finished runs;
+# a different config there would be refused, so the two cannot drift apart silently).
+QUICKSTART_STEPS = 8
+QUICKSTART_RUNS = (
+    ("codebook", "configs/specvqgan_vggsound.py:tiny", ()),
+    (
+        "transformer",
+        "configs/specvqgan_transformer_vggsound.py:tiny",
+        ("--config.codebook.workdir={root}/codebook",),
+    ),
+    ("sound2sight", "configs/sound2sight_m3so_nb.py:tiny", ()),
+)
+
+
+@pytest.fixture(scope="session")
+def quickstart_runs(tmp_path_factory, worker_id) -> pathlib.Path:
+    """Trains the quickstart's tiny codebook, transformer and Sound2Sight runs once.
+
+    One folder for all pytest-xdist workers (a file lock: the first trains, the others
+    wait), so the notebook and app tests pay for training once per session.
+    """
+    import fcntl
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "quickstart_runs"
+    root.mkdir(exist_ok=True)
+    short = (
+        f"--config.train.num_steps={QUICKSTART_STEPS}",
+        f"--config.train.checkpoint_every={QUICKSTART_STEPS}",
+        "--config.train.eval_every=0",
+        "--config.train.sample_every=0",
+    )
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, config, extra in QUICKSTART_RUNS:
+            if (root / name / "checkpoints" / str(QUICKSTART_STEPS)).is_dir():
+                continue
+            cmd = [sys.executable, "launch/train.py", f"--config={config}"]
+            cmd += [f"--workdir={root / name}", *short, *(e.format(root=root) for e in extra)]
+            proc = subprocess.run(
+                cmd, cwd=REPO, env=_one_device_env(), capture_output=True, text=True, timeout=900
+            )
+            if proc.returncode:
+                raise AssertionError(f"training {name} failed:\n{proc.stderr[-4000:]}")
+    return root

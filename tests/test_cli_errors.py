@@ -155,6 +155,12 @@ CASES = {
         "sample.py --workdir {cb} --out {r}/o",
         ["--workdir", "not a 'transformer' run"],
     ),
+    "sample_seconds_0": (
+        "sample.py --workdir {cb} --out {r}/o --seconds 0",
+        ["--seconds=0.0 must be positive"],
+    ),
+    "app_not_a_transformer": ("app.py --workdir {cb}", ["--workdir", "not a 'transformer' run"]),
+    "app_port": ("app.py --workdir {cb} --port 70000", ["--port=70000"]),
 }
 
 

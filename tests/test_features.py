@@ -170,3 +170,81 @@ def test_spec_from_config():
     c.model.feat_dim = 0  # a class-only transformer reads no features
     spec = F.FeatureSpec.from_config(c)
     assert spec.kind == "none" and F.random_features(spec, np.random.default_rng(0)).shape == (5, 0)
+
+
+def test_synthetic_videos_and_the_features_beside_them(tmp_path):
+    """`add_synthetic_videos`: 21.5 fps clips whose disc follows the sound; features found."""
+    import av
+
+    from avjax.video import io as video_io
+
+    root = synthetic_audio.make_synthetic_dataset(tmp_path / "syn", num_train=5, num_valid=2)
+    synthetic_audio.add_synthetic_features(root, "resnet50")
+    videos = synthetic_audio.add_synthetic_videos(root)
+    assert [v.relative_to(root).as_posix() for v in videos] == [
+        "chirp/videos/video_00005.mp4",
+        "click_train/videos/video_00006.mp4",
+    ]
+    mtimes = [v.stat().st_mtime_ns for v in videos]
+    assert synthetic_audio.add_synthetic_videos(root) == videos  # made once
+    assert [v.stat().st_mtime_ns for v in videos] == mtimes
+    with av.open(str(videos[0])) as c:
+        assert c.streams.audio[0].rate == 22050
+        assert abs(float(c.duration / av.time_base) - 10.0) < 0.1
+    frames = video_io.read_frames(videos[0], 21.5)
+    assert frames.shape == (215, 96, 96, 3)
+    # The disc's area grows with the loudness of its frame (mean log-mel every 4 columns).
+    mel = np.load(root / "chirp" / "melspec_10s_22050hz" / "video_00005_mel.npy")
+    loud = mel[:, ::4][:, :215].mean(0)
+    area = (frames.max(-1) > 80).mean((1, 2))
+    assert np.corrcoef(loud, area)[0, 1] > 0.9
+    assert F.video_feature_paths(videos[0], "resnet50") == [
+        root / "chirp" / F.RESNET50 / "video_00005.pkl"
+    ]
+    assert F.video_feature_paths(videos[0], "bninception") is None
+    assert F.video_feature_paths(videos[0], "none") == []
+
+
+def test_video_feature_paths_layouts(tmp_path):
+    """Beside the video, one folder up, and the VAS download's videos/ + features/ trees."""
+
+    def put(*parts):
+        p = tmp_path.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+        return p
+
+    a = put("a", "clip.mp4")
+    assert F.video_feature_paths(a, "resnet50") is None
+    put("a", F.RESNET50, "clip.pkl")
+    assert F.video_feature_paths(a, "resnet50") == [tmp_path / "a" / F.RESNET50 / "clip.pkl"]
+    vas = put("vas", "videos", "dog", "v1.mp4")
+    rgb = put("vas", "features", "dog", F.RGB_BNINCEPTION, "v1.pkl")
+    assert F.video_feature_paths(vas, "bninception") is None  # the flow twin is missing
+    flow = put("vas", "features", "dog", F.FLOW_BNINCEPTION, "v1.pkl")
+    assert F.video_feature_paths(vas, "bninception") == [rgb, flow]
+
+
+def test_visual_streams_and_condition(tmp_path):
+    spec = F.FeatureSpec("resnet50", sample_size=5)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    x = np.arange(100 * 2048, dtype=np.float32).reshape(100, 2048) / 1e5
+    with pytest.raises(F.UserError, match=r"v\.mp4: no feature file beside it.*ResNet-50"):
+        F.visual_streams(spec, video=video)
+    with pytest.raises(F.UserError, match="give the clip's feature file"):
+        F.visual_streams(spec)
+    bn = F.FeatureSpec("bninception", sample_size=5)
+    with pytest.raises(F.UserError, match="need optical flow"):
+        F.visual_streams(bn, video=video)
+    # A short clip's ResNet-50 features are tiled from its start to 215 rows (official demo).
+    (streams,) = F.visual_streams(spec, video=video, extractor=lambda v: x)
+    assert streams.shape == (215, 2048) and np.array_equal(streams[100:200], x)
+    assert F.visual_streams(F.FeatureSpec("none", sample_size=5), video=video) is None
+    # The condition: one window -> the 5 resampled rows; longer -> per-frame features.
+    cond = F.condition([streams], spec, columns=53, window_columns=53)
+    assert np.array_equal(cond, streams[1:213][[35, 77, 119, 162, 204]])
+    long = F.condition([streams], spec, columns=80, window_columns=53)
+    assert long.shape == (4 * 80 + 1, 2048) and np.array_equal(long[:215], streams)
+    noise = F.condition(None, F.FeatureSpec("none", sample_size=5), 53, 53, seed=3)
+    assert noise.shape == (5, 2048) and noise.min() >= 0 and noise.max() < 1

@@ -155,7 +155,10 @@ def test_sample_cli_clear_errors(runs, vas_samples, tmp_path):
     cls, vid = CLIP
     video = vas_samples / "videos" / cls / f"{vid}.mp4"
     args = ("launch/sample.py", f"--workdir={runs['transformer']}", f"--out={tmp_path}")
-    proc = _cli(*args, f"--video={video}", check=False)  # no features, no ResNet-50 weights
+    alone = tmp_path / "alone" / video.name  # no feature files beside it
+    alone.parent.mkdir()
+    alone.write_bytes(video.read_bytes())
+    proc = _cli(*args, f"--video={alone}", check=False)  # no features, no ResNet-50 weights
     assert proc.returncode != 0 and "needs real ResNet-50 weights" in proc.stderr
     bad = tmp_path / "broken.pkl"
     bad.write_bytes(b"not a pickle")

@@ -21,7 +21,7 @@ def _open(path: str | pathlib.Path):
     try:
         return av.open(str(path))
     except av.error.FFmpegError as e:
-        raise ValueError(f"{path}: not a readable media file ({e})") from e
+        raise ValueError(f"{path}: not a readable media file ({e.strerror or e})") from e
 
 
 def read_frames(

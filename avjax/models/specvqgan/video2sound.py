@@ -98,6 +98,27 @@ class Video2Sound:
             sampling_defaults={k: s[k] for k in ("temperature", "top_k", "top_p") if k in s},
         )
 
+    @property
+    def frames_per_column(self) -> int:
+        """Mel frames per code column (16 for the paper's codebook, 4 for `:tiny`)."""
+        return self.codec.crop_frames // self.window_columns
+
+    @property
+    def window_seconds(self) -> float:
+        """Seconds of audio in one training window (9.85 s for the paper's 848 frames)."""
+        spec = self.codec.spec
+        return self.codec.crop_frames * spec.hop_length / spec.sample_rate
+
+    def num_columns(self, seconds: float | None = None) -> int:
+        """Code columns for `seconds` of audio (None: one window, 53 columns = 848 frames)."""
+        if seconds is None:
+            return self.window_columns
+        if not seconds > 0:
+            raise ValueError(f"seconds={seconds} must be positive")
+        spec = self.codec.spec
+        hops = seconds * spec.sample_rate / spec.hop_length
+        return max(1, int(hops / self.frames_per_column + 1e-6))  # + rounding error
+
     def sample_codes(
         self,
         feats,

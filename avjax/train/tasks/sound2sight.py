@@ -321,33 +321,52 @@ class Sound2SightTask:
         return common.float32_metrics(out)
 
     # --------------------------------------------------------------------------- samples
-    def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
-        """GIF grid per call: rows = clips, columns = [ground truth, best of S, S-1 samples].
+    def sample_grid(
+        self, state, frames, audio, rng, num_samples: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Samples futures of B clips and tiles them for people, one picture per time step.
 
-        "Best" is the sample with the highest mean SSIM over the predicted frames (as the
-        official `make_gifs`). Seen frames are shown in every column.
+        Args:
+          state: the train state (its generator part is used).
+          frames: uint8 [B, T, H, W, C] (scaled by `frame_scale`); the first `n_past` are seen.
+          audio: [B, T, Fa, Ta] audio patches.
+          rng: PRNG key of the prior samples.
+          num_samples: S sampled futures per clip.
+
+        Returns:
+          grid: uint8 [T, rows, cols, 3]: rows = clips, columns = [ground truth, best of S,
+            up to 4 samples]; "best" has the highest mean SSIM over the predicted frames
+            (the official `make_gifs`); seen frames (green border) appear in every column,
+            predicted ones have a red border.
+          best: int [B], the index of each clip's best sample.
         """
         from avjax import images
-        from avjax.video import io as video_io
 
-        k = self.sample_clips
-        frames = jnp.asarray(jax.device_get(batch["frames"])[:k])
-        audio = jnp.asarray(jax.device_get(batch["audio"])[:k])
-        x = frames01(frames, self.frame_scale)
-        samples = self._samples(
-            state, x, audio, jax.random.PRNGKey(step), num_samples=self.sample_count
-        )
-        if jax.process_index() != 0:
-            return
-        x, samples = np.asarray(x), np.asarray(jax.device_get(samples))
+        x = frames01(jnp.asarray(frames), self.frame_scale)
+        samples = self._samples(state, x, jnp.asarray(audio), rng, num_samples=num_samples)
+        x, samples = np.asarray(jax.device_get(x)), np.asarray(jax.device_get(samples))
         n_past = self.gen.n_past
         gt = x[:, n_past:]
         scores = np.asarray(iq.ssim_correct(samples, np.broadcast_to(gt, samples.shape))).mean(-1)
         best = np.argmax(scores, axis=0)
         cols = [x, np.concatenate([x[:, :n_past], samples[best, np.arange(len(x))]], 1)]
-        for s in range(min(self.sample_count, 4)):
+        for s in range(min(num_samples, 4)):
             cols.append(np.concatenate([x[:, :n_past], samples[s]], 1))
-        grid = images.frame_grid(np.stack(cols, 1), n_past)  # [T, rows, cols] tiled
+        return images.frame_grid(np.stack(cols, 1), n_past), best
+
+    def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
+        """GIF grid per call (`sample_grid`) of the first `sample_clips` clips of the batch."""
+        from avjax.video import io as video_io
+
+        k = self.sample_clips
+        frames = jax.device_get(batch["frames"])[:k]
+        audio = jax.device_get(batch["audio"])[:k]
+        grid, _ = self.sample_grid(
+            state, frames, audio, jax.random.PRNGKey(step), num_samples=self.sample_count
+        )
+        if jax.process_index() != 0:
+            return
+        n_past = self.gen.n_past
         out_dir.mkdir(parents=True, exist_ok=True)
         video_io.write_gif(out_dir / "gt_best_samples.gif", grid, fps=self.fps)
         writer.image(step, "samples/last_frame", grid[-1])
