@@ -7,8 +7,13 @@ Runs resume automatically from the latest good checkpoint in --workdir; a workdi
 another config is refused (--allow_config_change to change it deliberately). SIGTERM or
 Ctrl-C saves the current step and exits with 128 + the signal number (143, 130), as
 SLURM and preemptible VMs expect; a non-finite loss or state exits 1 with one line and
-nothing non-finite saved. On a multi-host slice pass --multihost (calls
-`jax.distributed.initialize()` before anything else).
+nothing non-finite saved.
+
+Several processes (a TPU slice, SLURM nodes, hosts you start yourself): pass --multihost on
+every process. The coordinator address, process count and id come from --coordinator_address
+/ --num_processes / --process_id, else $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES /
+$JAX_PROCESS_ID, else the TPU VM, SLURM or Open MPI environment (README "Multi-host / pod
+training"); --workdir must then be storage every host sees (gs:// on TPU VMs).
 """
 
 import pathlib
@@ -30,7 +35,7 @@ from launch import common
 
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default: workdirs/<config name>)")
-flags.DEFINE_bool("multihost", False, "initialise jax.distributed (multi-host GPU/TPU)")
+common.define_multihost_flags()
 flags.DEFINE_bool(
     "allow_config_change", False, "resume a workdir whose config.json differs (rewrites it)"
 )
