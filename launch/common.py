@@ -107,14 +107,16 @@ def compile_cache_dir() -> str:
     return os.path.join(base, "avjax", "jax")
 
 
-def setup_jax(multihost: bool = False):
+def setup_jax(multihost: bool = False) -> "Multihost | None":
     """Multi-host init first (from the `--multihost` flags), then the compilation cache.
 
-    Launchers that call this with `multihost=True` must have called
-    `define_multihost_flags()`.
+    Initialises `jax.distributed` when `multihost` or any of the explicit flags is given
+    (launchers that run multi-process call `define_multihost_flags()`); returns what it
+    was initialised with, or None.
     """
+    args = None
     if multihost or _multihost_flags_given():
-        init_multihost(
+        args = init_multihost(
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
@@ -124,6 +126,7 @@ def setup_jax(multihost: bool = False):
     jax.config.update("jax_compilation_cache_dir", compile_cache_dir())
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     logging.getLogger("absl").addFilter(_quiet_library_info)
+    return args
 
 
 # ------------------------------------------------------------------------- multi-process
