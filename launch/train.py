@@ -26,6 +26,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
+from avjax import paths
 from avjax.models.specvqgan.code_encoder import CodeEncoder
 from avjax.train import loop, schedule
 from avjax.train.tasks import make_task
@@ -47,7 +48,7 @@ def main(argv):
     del argv
     common.setup_jax(multihost=FLAGS.multihost)
     config = FLAGS.config
-    workdir = pathlib.Path(FLAGS.workdir or common.default_workdir(sys.argv))
+    workdir = paths.as_path(FLAGS.workdir or common.default_workdir(sys.argv))  # or gs://...
     check_config(config, jax.device_count(), jax.process_count())  # before any data or compile
     loop.check_workdir(config, workdir, FLAGS.allow_config_change)  # before any work
     inputs = make_inputs(config, ModelFns(code_encoder=CodeEncoder))  # codes on first use
@@ -75,7 +76,8 @@ def main(argv):
         sys.exit(128 + signal.Signals[last["stopped_by"]].value)
     if jax.process_index() == 0:
         logging.info("final metrics: %s", last)
-        print(f"run written to {workdir.resolve()} (step {last['step']})", flush=True)
+        shown = workdir.resolve() if paths.is_local(workdir) else workdir
+        print(f"run written to {shown} (step {last['step']})", flush=True)
 
 
 if __name__ == "__main__":
