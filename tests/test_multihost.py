@@ -170,13 +170,15 @@ def _check(results, source):
 
 
 def test_two_processes_from_flags_and_from_jax_variables(tmp_path):
+    """Also trains 4 steps of a one-vector task through the loop, checkpoints from both."""
     address = f"localhost:{_free_port()}"
+    run = f"--train_workdir={tmp_path / 'run'}"
     results = _run_pair(
         [
             # flags alone imply --multihost
-            ([f"--coordinator_address={address}", "--num_processes=2", "--process_id=0"], {}),
+            ([f"--coordinator_address={address}", "--num_processes=2", "--process_id=0", run], {}),
             (
-                ["--multihost", "--initialization_timeout=120"],
+                ["--multihost", "--initialization_timeout=120", run],
                 {
                     "JAX_COORDINATOR_ADDRESS": address,
                     "JAX_NUM_PROCESSES": "2",
@@ -187,6 +189,14 @@ def test_two_processes_from_flags_and_from_jax_variables(tmp_path):
         tmp_path,
     )
     _check(results, "flags / JAX_* variables")
+    for r in results:  # mean(w^2) after 4 steps, by hand (tests/multihost_probe.py)
+        assert r["last_loss"] == pytest.approx((0.9**3 + 0.9**2 * 2 + 0.9 * 3 + 4) ** 2, rel=1e-6)
+    steps = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in steps.iterdir()) == ["2", "4"]
+    assert sorted(p.name for p in (steps / "4" / "state").glob("ocdbt.process_*")) == [
+        "ocdbt.process_0",
+        "ocdbt.process_1",
+    ]
 
 
 def test_two_processes_from_a_slurm_environment(tmp_path):
@@ -205,3 +215,19 @@ def test_two_processes_from_a_slurm_environment(tmp_path):
     port = _free_port()
     results = _run_pair([(["--multihost"], slurm(0)), (["--multihost"], slurm(1))], tmp_path)
     _check(results, "SLURM")
+
+
+@pytest.mark.slow  # 40 s of waiting, little CPU
+def test_a_process_40s_late_at_the_first_collective_waits_at_the_barrier(tmp_path):
+    """XLA:CPU's Gloo gives up on a first collective reached 30 s apart; the coordination
+    service barrier (`loop.wait_for_processes`, as the loop uses after compiling) does not."""
+    address = f"localhost:{_free_port()}"
+    flags = [f"--coordinator_address={address}", "--num_processes=2", "--barrier"]
+    results = _run_pair(
+        [
+            ([*flags, "--process_id=0"], {}),
+            ([*flags, "--process_id=1", "--sleep_before_collective=40"], {}),
+        ],
+        tmp_path,
+    )
+    _check(results, "flags / JAX_* variables")
