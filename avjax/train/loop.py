@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -64,6 +65,7 @@ RESUMABLE_FIELDS = frozenset(
 RESUMABLE_PREFIXES = ("evals.",)
 LOCK_FILE = "train.lock"
 FIRST_STEP_WAIT_S = 3600  # how long processes wait for each other to compile a step
+_BARRIERS = itertools.count()  # barrier ids are unique per call (every process counts alike)
 ABSENT = "<absent>"  # a field one of two compared configs does not have
 
 
@@ -311,7 +313,8 @@ def wait_for_processes(name: str, timeout_s: float = FIRST_STEP_WAIT_S):
         return
     from jax._src import distributed
 
-    distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+    barrier = f"{name}_{next(_BARRIERS)}"
+    distributed.global_state.client.wait_at_barrier(barrier, int(timeout_s * 1000))
 
 
 def compile_then_wait(jitted, name: str):
