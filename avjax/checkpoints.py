@@ -4,18 +4,17 @@
 devices you give it (by default one local device); `save_imported` writes converted
 weights as a run. The trainer's periodic, resumable checkpoints (with the data iterator)
 are `avjax.train.checkpoint.Checkpointer`; to get a trained run back, use
-`avjax.runs.load_run`.
+`avjax.runs.load_run`. Runs may live anywhere `etils.epath` reaches (`gs://`, `avjax.paths`).
 """
 
 from __future__ import annotations
-
-import pathlib
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from avjax import paths
 from avjax.errors import UserError
 
 
@@ -33,7 +32,7 @@ def abstract_with_shardings(abstract_state, shardings):
 
 
 def restore_state(
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     step: int | None = None,
     sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[dict, int]:
@@ -46,7 +45,7 @@ def restore_state(
     as training does; being read-only, this never renames it (the next training run moves
     it aside).
     """
-    directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    directory = paths.absolute(workdir) / "checkpoints"
     if not directory.is_dir():
         raise UserError(f"no checkpoints/ folder in {workdir}: is it an avjax workdir?")
     # A handler for the iterator item too, only so Orbax does not warn that it cannot read it.
@@ -85,14 +84,14 @@ def restore_state(
     raise UserError(f"no readable checkpoint in {directory}: {'; '.join(failures)}")
 
 
-def save_imported(workdir: str | pathlib.Path, config_json: str, state: dict, step: int = 0):
+def save_imported(workdir: paths.PathLike, config_json: str, state: dict, step: int = 0):
     """Writes imported weights as an avjax run (config.json + checkpoints/<step>/state).
 
     The result serves inference (`launch/codec.py`, `launch/evaluate.py`) and
     `avjax.runs.load_run`. Training resumes from it only when `state` is a whole task state
     (`--kind sound2sight`); the data iterator then starts from the beginning.
     """
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = paths.absolute(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_json)
     with ocp.CheckpointManager(workdir / "checkpoints") as manager:

@@ -1,21 +1,20 @@
 """`load_run`: the one way to get a trained (or imported) run's config and state back.
 
 A run is a workdir with `config.json` and `checkpoints/<step>/` (see the README's workdir
-layout). Models, vocoders, metrics and evaluators load runs through here, so nothing
-below the trainer imports `avjax.train`.
+layout), local or at a URI (`gs://bucket/run`, `avjax.paths`). Models, vocoders, metrics
+and evaluators load runs through here, so nothing below the trainer imports `avjax.train`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from typing import Any
 
 import jax
 import ml_collections
 
-from avjax import checkpoints
+from avjax import checkpoints, paths
 from avjax.errors import UserError
 
 
@@ -23,7 +22,7 @@ from avjax.errors import UserError
 class Run:
     """A restored run: its config (as trained), its state (`params`, ...) and step."""
 
-    workdir: pathlib.Path
+    workdir: paths.Path
     config: ml_collections.ConfigDict
     state: dict[str, Any]
     step: int
@@ -38,13 +37,13 @@ class Run:
 ADDED_FIELDS = {"sound2sight": {"data.flow": False}}
 
 
-def read_config(workdir: str | pathlib.Path, task: str | tuple[str, ...] | None = None):
+def read_config(workdir: paths.PathLike, task: str | tuple[str, ...] | None = None):
     """A run's `config.json` as a ConfigDict, checked to be of `task` (one name or several).
 
     Raises:
       UserError naming the workdir: no `config.json`, unreadable JSON, or another task.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     path = workdir / "config.json"
     if not path.is_file():
         raise UserError(f"{path} not found: is {workdir} an avjax run?")
@@ -68,7 +67,7 @@ def read_config(workdir: str | pathlib.Path, task: str | tuple[str, ...] | None 
 
 
 def load_run(
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     task: str | tuple[str, ...] | None = None,
     *,
     step: int | None = None,
@@ -89,7 +88,7 @@ def load_run(
     Raises:
       UserError naming the workdir: not a run, the wrong task, or no readable step.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     config = read_config(workdir, task)
     state, restored_step = checkpoints.restore_state(workdir, step, sharding)
     return Run(workdir=workdir, config=config, state=state, step=restored_step)

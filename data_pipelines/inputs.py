@@ -5,7 +5,8 @@ pipeline serves which task; each pipeline opens the configured dataset (or the e
 synthetic one for `:tiny` configs), computes the statistics its models need and builds the
 checkpointable Grain iterators. The shared pieces (`Inputs`, `cache_dir`,
 `resolve_data_dir`) live in `data_pipelines.base`, which the pipelines import (never this
-module).
+module). `abstract_inputs(config)` gives the shapes of a global batch and placeholder
+statistics without opening any data, for compile-only runs (`launch/compile_check.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from data_pipelines import (
@@ -31,6 +33,7 @@ __all__ = [
     "INPUTS",
     "Inputs",
     "ModelFns",
+    "abstract_inputs",
     "cache_dir",
     "demo_clip",
     "demo_videos",
@@ -89,3 +92,63 @@ def demo_videos() -> list[pathlib.Path]:
     root = base.synthetic_specs_dir()
     synthetic_audio.add_synthetic_features(root, "resnet50")
     return synthetic_audio.add_synthetic_videos(root, "valid")
+
+
+PAPER_CODES_GRID = (5, 53)  # the paper codebook's codes of one 80 x 848 mel
+
+
+def _codes_grid(config) -> tuple[int, int]:
+    """The code grid of `config.codebook.workdir`'s codebook, else the paper's 5 x 53."""
+    workdir = config.codebook.workdir
+    if not workdir:
+        return PAPER_CODES_GRID
+    from avjax.runs import read_config
+
+    codebook = read_config(workdir, "vqgan")
+    down = 2 ** (len(codebook.model.ch_mult) - 1)  # the encoder halves both axes per level
+    return codebook.data.num_mel_bins // down, codebook.data.crop_frames // down
+
+
+def abstract_inputs(config) -> tuple[dict[str, jax.ShapeDtypeStruct], dict[str, np.ndarray]]:
+    """The global train batch `make_inputs(config)` yields, as shapes, and stand-in statistics.
+
+    Nothing is read: the shapes come from `config.data` (and the codebook run's config for
+    the transformer's code grid), the statistics are placeholders of the right shapes
+    (their values do not change what compiles). For `launch/compile_check.py`.
+
+    Returns:
+      ({name: ShapeDtypeStruct with the global batch size G = data.global_batch_size
+      leading}, {stat name: array}); names and dtypes as in each pipeline's module doc.
+    """
+    d, g = config.data, config.data.global_batch_size
+    f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
+    if config.task not in INPUTS:
+        raise UserError(
+            f"config.task: no input pipeline for {config.task!r}; expected one of {sorted(INPUTS)}"
+        )
+    if config.task in ("vqgan", "classifier"):
+        batch = {"image": ((g, d.num_mel_bins, d.crop_frames), f32), "label": ((g,), i32)}
+        half = np.full((d.num_mel_bins,), 0.5, np.float32)
+        stats = {"mean": half, "std": half}
+    elif config.task == "melgan":
+        batch, stats = {"wave": ((g, d.seq_len), f32)}, {}
+    elif config.task == "transformer":
+        from data_pipelines import features
+
+        grid = _codes_grid(config)
+        feats = features.FeatureSpec.from_config(config)
+        batch = {
+            "codes": ((g, grid[0] * grid[1]), i32),
+            "feats": ((g, feats.sample_size, feats.file_dim), f32),
+            "label": ((g,), i32),
+        }
+        stats = {"codes_grid": np.asarray(grid)}
+    else:  # sound2sight
+        t = d.n_past + d.n_future
+        batch = {
+            "frames": ((g, t, d.image_size, d.image_size, d.channels), np.dtype(np.uint8)),
+            "audio": ((g, t, *d.audio_shape), f32),
+            "block": ((g, 4), i32),
+        }
+        stats = {}
+    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in batch.items()}, stats

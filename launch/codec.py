@@ -18,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np
 from absl import flags
 
-from avjax import images
+from avjax import images, paths
 from avjax.audio import griffin_lim, io
 from avjax.audio import mel as mel_lib
 from avjax.audio import validate as mel_check
@@ -54,7 +54,7 @@ def load_mel(path: pathlib.Path) -> np.ndarray:
     return mel_lib.log_mel_spectrogram(wave)
 
 
-def check_workdir(workdir: pathlib.Path) -> None:
+def check_workdir(workdir: paths.Path) -> None:
     """--workdir must be a codebook run with a checkpoint (checked before any loading)."""
     try:
         read_config(workdir, "vqgan")
@@ -68,7 +68,7 @@ def main(argv):
     del argv
     common.setup_jax()
     src, out = pathlib.Path(FLAGS.input), pathlib.Path(FLAGS.out)
-    workdir = pathlib.Path(FLAGS.workdir)
+    workdir = paths.as_path(FLAGS.workdir)  # local or gs://
     check_workdir(workdir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a directory")

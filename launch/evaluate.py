@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from avjax import runs
+from avjax import paths, runs
 from avjax.errors import UserError
 from avjax.evals import EVALUATORS, tables
 from avjax.evals import audio_generation as ag
@@ -214,7 +214,7 @@ def main(argv):
     del argv
     common.setup_jax()
     check_flags()
-    workdir = pathlib.Path(FLAGS.workdir)
+    workdir = paths.as_path(FLAGS.workdir)  # local or gs://
     try:
         config = runs.read_config(workdir)
     except UserError as e:

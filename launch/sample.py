@@ -30,6 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np
 from absl import flags
 
+from avjax import paths
 from avjax.errors import UserError
 from avjax.runs import read_config
 from launch import common
@@ -112,7 +113,7 @@ def main(argv):
     from avjax.video import io as video_io
     from data_pipelines import features as F
 
-    workdir, out = pathlib.Path(FLAGS.workdir), pathlib.Path(FLAGS.out)
+    workdir, out = paths.as_path(FLAGS.workdir), pathlib.Path(FLAGS.out)
     if FLAGS.num_samples < 1:
         raise UserError(f"--num_samples={FLAGS.num_samples} must be >= 1")
     if FLAGS.seconds is not None and not FLAGS.seconds > 0:

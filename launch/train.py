@@ -7,8 +7,13 @@ Runs resume automatically from the latest good checkpoint in --workdir; a workdi
 another config is refused (--allow_config_change to change it deliberately). SIGTERM or
 Ctrl-C saves the current step and exits with 128 + the signal number (143, 130), as
 SLURM and preemptible VMs expect; a non-finite loss or state exits 1 with one line and
-nothing non-finite saved. On a multi-host slice pass --multihost (calls
-`jax.distributed.initialize()` before anything else).
+nothing non-finite saved.
+
+Several processes (a TPU slice, SLURM nodes, hosts you start yourself): pass --multihost on
+every process. The coordinator address, process count and id come from --coordinator_address
+/ --num_processes / --process_id, else $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES /
+$JAX_PROCESS_ID, else the TPU VM, SLURM or Open MPI environment (README "Multi-host / pod
+training"); --workdir must then be storage every host sees (gs:// on TPU VMs).
 """
 
 import pathlib
@@ -21,6 +26,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
+from avjax import paths
 from avjax.models.specvqgan.code_encoder import CodeEncoder
 from avjax.train import loop, schedule
 from avjax.train.tasks import make_task
@@ -30,7 +36,7 @@ from launch import common
 
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default: workdirs/<config name>)")
-flags.DEFINE_bool("multihost", False, "initialise jax.distributed (multi-host GPU/TPU)")
+common.define_multihost_flags()
 flags.DEFINE_bool(
     "allow_config_change", False, "resume a workdir whose config.json differs (rewrites it)"
 )
@@ -42,7 +48,7 @@ def main(argv):
     del argv
     common.setup_jax(multihost=FLAGS.multihost)
     config = FLAGS.config
-    workdir = pathlib.Path(FLAGS.workdir or common.default_workdir(sys.argv))
+    workdir = paths.as_path(FLAGS.workdir or common.default_workdir(sys.argv))  # or gs://...
     check_config(config, jax.device_count(), jax.process_count())  # before any data or compile
     loop.check_workdir(config, workdir, FLAGS.allow_config_change)  # before any work
     inputs = make_inputs(config, ModelFns(code_encoder=CodeEncoder))  # codes on first use
@@ -70,7 +76,8 @@ def main(argv):
         sys.exit(128 + signal.Signals[last["stopped_by"]].value)
     if jax.process_index() == 0:
         logging.info("final metrics: %s", last)
-        print(f"run written to {workdir.resolve()} (step {last['step']})", flush=True)
+        shown = workdir.resolve() if paths.is_local(workdir) else workdir
+        print(f"run written to {shown} (step {last['step']})", flush=True)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,11 @@ CASES = {
         f"train.py --config {TINY} --workdir {{r}}/w --config.x=1",
         ["--config.x", "no field 'x'"],
     ),
+    "train_process_id_out_of_range": (
+        f"train.py --config {TINY} --workdir {{r}}/w --coordinator_address=localhost:1 "
+        "--num_processes=2 --process_id=2",
+        ["--process_id=2 is not below --num_processes=2"],
+    ),
     "train_missing_config": (
         "train.py --config {r}/nope.py --workdir {r}/w",
         ["--config", "nope.py"],

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import pathlib
 from collections.abc import Sequence
+
+from avjax import paths
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None):
@@ -19,14 +20,14 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def write(
-    out_dir: str | pathlib.Path, name: str, result: dict, markdown: str
-) -> tuple[pathlib.Path, pathlib.Path]:
+    out_dir: paths.PathLike, name: str, result: dict, markdown: str
+) -> tuple[paths.Path, paths.Path]:
     """Writes `out_dir/<name>.json` (`result`, indented) and `out_dir/<name>.md`.
 
     Returns:
       (json path, markdown path).
     """
-    out_dir = pathlib.Path(out_dir)
+    out_dir = paths.as_path(out_dir)  # a local folder or a run's gs:// eval/
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     json_path.write_text(json.dumps(result, indent=2))

@@ -6,7 +6,8 @@ oldest: a damaged latest step (Orbax does not fall back by itself) is moved asid
 `<step>.damaged` (Orbax only lists all-digit step names, so it is neither restored nor
 counted by `max_to_keep` again), reported in one line, and the previous good one used.
 A failed background save (a full disk) is reported at the next step, not one checkpoint
-interval later.
+interval later. The directory may be a URI (`gs://`, `avjax.paths`); the full-disk message
+is for local disks, a remote failure is reported as a failed save.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import errno
 import logging as py_logging
 import os
-import pathlib
 import shutil
 import sys
 from typing import Any
@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from avjax import paths
 from avjax.checkpoints import first_line
 from avjax.errors import UserError
 
@@ -136,8 +137,8 @@ def _tree_mismatch(abstract, metadata) -> str | None:
 class Checkpointer:
     """Periodic async saves with keep-N, and restore of the latest good step."""
 
-    def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int, async_save=True):
-        self.directory = pathlib.Path(directory).absolute()
+    def __init__(self, directory: paths.PathLike, *, every: int, keep: int, async_save=True):
+        self.directory = paths.absolute(directory)
         self.every = every
         self._pending: int | None = None  # step of a background save not yet confirmed
         self._logger = py_logging.getLogger("absl")
@@ -213,11 +214,15 @@ class Checkpointer:
     def _raise_save_error(self, step: int, e: BaseException):
         if jax.process_index() == 0:
             for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-                shutil.rmtree(tmp, ignore_errors=True)
+                if paths.is_local(tmp):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        tmp.rmtree()
         self._manager.reload()
         kept = self.steps()
         kept = f"earlier checkpoints kept (steps {kept})" if kept else "no earlier checkpoint"
-        full = _find_errno(e, errno.ENOSPC) is not None
+        full = paths.is_local(self.directory) and _find_errno(e, errno.ENOSPC) is not None
         self._held.release(self._logger, emit=not full)
         if full:
             # The failed writes' asyncio tasks log "exception was never retrieved" tracebacks

@@ -7,9 +7,11 @@ library never depends on a particular input pipeline. Besides the task's `eval_s
 (`train.eval_every`), the evaluators a config declares in `config.evals` (`avjax.evals`,
 big_vision style) run on the eval split every `config.evals.<name>.every` steps.
 
-What a user has is never lost: a workdir holding another config is refused before
-anything is written, one trainer at a time holds a workdir (an `flock` the kernel drops
-when the process dies, even by kill -9), the state is checked finite before every save,
+The workdir is a local folder or any URI Orbax and TensorBoard can write (`gs://` on TPU
+VMs; `avjax.paths`). What a user has is never lost: a workdir holding another config is
+refused before anything is written, one trainer at a time holds a local workdir (an
+`flock` the kernel drops when the process dies, even by kill -9; remote workdirs have no
+lock), the state is checked finite before every save,
 a checkpoint is written before samples (whose failures only warn), and SIGTERM / SIGINT
 (how SLURM and preemptible TPU VMs stop jobs) save the current step and return.
 """
@@ -17,14 +19,16 @@ a checkpoint is written before samples (whose failures only warn), and SIGTERM /
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import itertools
 import json
 import math
 import os
-import pathlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +36,7 @@ import numpy as np
 from absl import logging
 
 from avjax import evals as evals_lib
+from avjax import paths
 from avjax.checkpoints import abstract_with_shardings
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
@@ -59,6 +64,8 @@ RESUMABLE_FIELDS = frozenset(
 # ... and anything under `evals` (which evaluators run, how often, on how many clips).
 RESUMABLE_PREFIXES = ("evals.",)
 LOCK_FILE = "train.lock"
+FIRST_STEP_WAIT_S = 3600  # how long processes wait for each other to compile a step
+_BARRIERS = itertools.count()  # barrier ids are unique per call (every process counts alike)
 ABSENT = "<absent>"  # a field one of two compared configs does not have
 
 
@@ -106,12 +113,12 @@ def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
     Returns:
       Whether `config.json` needs (re)writing.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     try:
-        str(workdir.absolute()).encode("utf-8")
+        str(paths.absolute(workdir)).encode("utf-8")
     except UnicodeEncodeError:
         raise UserError(
-            f"workdir {printable_path(workdir.absolute())} is not a valid UTF-8 path (Orbax "
+            f"workdir {printable_path(paths.absolute(workdir))} is not a valid UTF-8 path (Orbax "
             "checkpoints cannot be written there); choose a --workdir with a UTF-8 name"
         ) from None
     old_file = workdir / "config.json"
@@ -153,13 +160,19 @@ def check_workdir(config, workdir, allow_config_change: bool = False) -> bool:
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: pathlib.Path):
+def workdir_lock(workdir: paths.PathLike):
     """Holds `WORKDIR/train.lock` (flock) for one trainer; a second gets `UserError`.
 
     The kernel releases an flock when its process dies, kill -9 included, so a killed run
     never leaves the workdir locked. The file keeps the holder's PID for the message.
+    Local workdirs only: object stores (`gs://`) have no locks, so a remote workdir is not
+    guarded against a second trainer (logged once).
     """
-    path = workdir / LOCK_FILE
+    if not paths.is_local(workdir):
+        logging.info("%s is not local: not guarding it against a second trainer", workdir)
+        yield
+        return
+    path = os.path.join(os.fspath(workdir), LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -257,9 +270,77 @@ def _mean_metrics(batches: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([b[k] for b in batches])) for k in batches[0]}
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The sharded train step of a config and task: what `train` runs, what
+    `launch/compile_check.py` compiles.
+
+    `abstract_state`: ShapeDtypeStructs of the state (no shardings; `state_shardings` has
+    them); `step`: `jax.jit(task.train_step)` with explicit shardings and the state donated.
+    """
+
+    mesh: jax.sharding.Mesh
+    abstract_state: Any
+    state_shardings: Any
+    batch_sharding: jax.sharding.NamedSharding
+    replicated: jax.sharding.NamedSharding
+    step: Any
+
+
+def build_train_step(config, task: Task, devices=None) -> TrainStep:
+    """The mesh (`config.mesh` over `devices`, default all), state shardings (FSDP over
+    `config.train.fsdp_min_size`) and the jitted step, built abstractly (nothing allocated)."""
+    mesh = shd.make_mesh(config.mesh, devices)
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed))
+    state_sh = shd.state_shardings(abstract, mesh, min_size=config.train.fsdp_min_size)
+    batch_sh = shd.batch_sharding(mesh)
+    repl = shd.replicated(mesh)
+    step = jax.jit(
+        task.train_step,
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, repl),
+        donate_argnums=0,
+    )
+    return TrainStep(mesh, abstract, state_sh, batch_sh, repl, step)
+
+
+def wait_for_processes(name: str, timeout_s: float = FIRST_STEP_WAIT_S):
+    """Returns once every process has called it with `name` (at once with one process).
+
+    A barrier of JAX's coordination service, not a collective, so it has no 30 s limit.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    barrier = f"{name}_{next(_BARRIERS)}"
+    distributed.global_state.client.wait_at_barrier(barrier, int(timeout_s * 1000))
+
+
+def compile_then_wait(jitted, name: str):
+    """`jitted`, compiled at its first call, then run once every process has compiled it.
+
+    XLA:CPU's cross-process collectives (Gloo) give up when processes reach a program's first
+    collective more than 30 s apart ("GetKeyValue() timed out", fixed in XLA; neither
+    `--initialization_timeout` nor `--xla_cpu_collective_timeout_seconds` changes it), as
+    when one process compiles faster than another (a loaded machine, a warm compilation
+    cache). The arguments' shapes must stay those of the first call.
+    """
+    compiled = None
+
+    def call(*args):
+        nonlocal compiled
+        if compiled is None:
+            compiled = jitted.lower(*args).compile()
+            wait_for_processes(f"avjax_{name}_compiled")
+        return compiled(*args)
+
+    return call
+
+
 def train(
     config,
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     task: Task,
     train_iter: Iterator[dict],
     eval_iter_fn: Callable[[], Iterator[dict]] | None = None,
@@ -270,7 +351,8 @@ def train(
 
     Args:
       config: the experiment ConfigDict; reads `seed`, `mesh`, `train.*`.
-      workdir: run directory (config.json, checkpoints/, tensorboard/, samples/, eval/).
+      workdir: run directory (config.json, checkpoints/, tensorboard/, samples/, eval/): a
+        local path or a URI such as `gs://bucket/run` (`avjax.paths`).
       task: the model family's init / train_step / eval_step / samples.
       train_iter: checkpointable Grain iterator of process-local train batches.
       eval_iter_fn: returns a fresh finite iterator of process-local eval batches (the
@@ -284,10 +366,10 @@ def train(
 
     Raises:
       UserError: a bad `config.evals` section, another config's workdir, a non-UTF-8
-        workdir, a workdir another trainer holds, a full disk while saving.
+        workdir, a (local) workdir another trainer holds, a full (local) disk while saving.
       FloatingPointError: a non-finite metric or train state; nothing non-finite is saved.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     is_main = jax.process_index() == 0
     evaluators = evals_lib.loop_evaluators(config, task)  # config mistakes stop here
     if evaluators and eval_iter_fn is None:
@@ -309,16 +391,14 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
     tc = config.train
     is_main = jax.process_index() == 0
 
-    # Mesh and state shardings.
-    mesh = shd.make_mesh(config.mesh)
+    # Mesh, state shardings and the jitted step.
+    built = build_train_step(config, task)
+    mesh, abstract, state_sh = built.mesh, built.abstract_state, built.state_shardings
+    batch_sh, repl = built.batch_sharding, built.replicated
     logging.info(
         "mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count()
     )
     rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(task.init, rng)
-    state_sh = shd.state_shardings(abstract, mesh, min_size=tc.fsdp_min_size)
-    batch_sh = shd.batch_sharding(mesh)
-    repl = shd.replicated(mesh)
 
     # Restore or initialise (sharded from the start).
     ckpt = ckpt_lib.Checkpointer(
@@ -349,12 +429,9 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
             f"{writer_lib.count_params(task.trainable_params(abstract)):,}",
         )
 
-    train_step = jax.jit(
-        task.train_step,
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, repl),
-        donate_argnums=0,
-    )
+    train_step = built.step
+    if jax.process_count() > 1:
+        train_step = compile_then_wait(train_step, "train_step")
     eval_step = jax.jit(task.eval_step, in_shardings=(state_sh, batch_sh), out_shardings=repl)
 
     def next_batch():
@@ -419,9 +496,8 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
                 break
             if tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps):
                 try:
-                    task.write_samples(
-                        state, sample_batch, writer, step, workdir / "samples" / str(step)
-                    )
+                    with paths.local_dir(workdir / "samples" / str(step)) as out_dir:
+                        task.write_samples(state, sample_batch, writer, step, out_dir)
                 except (OSError, UnicodeError) as e:
                     logging.warning(
                         "writing samples of step %d failed (%s: %s); training continues",

@@ -92,6 +92,7 @@ def check_config(config: Mapping, num_devices: int, num_processes: int = 1) -> N
     _int_at_least(config, "train.eval_every", 0, " (0 turns evaluation off)")
     _int_at_least(config, "train.sample_every", 0, " (0 turns sampling off)")
     _int_at_least(config, "train.eval_batches", 1)
+    _int_at_least(config, "train.fsdp_min_size", 0, " (parameters of fewer values stay replicated)")
     _int_at_least(config, "data.global_batch_size", 1, required=True)
     for field in ("optim.base_lr", "optim.lr", "optim.disc_lr"):
         lr = _get(config, field)

@@ -1,14 +1,16 @@
 """Metric writing: TensorBoard event files (no TensorFlow needed) and a console line.
 
-Only process 0 writes; the others get a writer whose methods do nothing.
+Only process 0 writes; the others get a writer whose methods do nothing. A workdir URI
+(`gs://`, `avjax.paths`) is written through `etils.epath`: object stores cannot append, so
+the event file and `metrics.jsonl` are uploaded whole, at most every minute and at close.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
-import pathlib
 import threading
 import time
 from collections.abc import Mapping
@@ -17,7 +19,10 @@ import jax
 import numpy as np
 from absl import logging
 
+from avjax import paths
 from avjax.errors import UserError
+
+REMOTE_FLUSH_S = 60.0  # seconds between uploads of a remote workdir's growing files
 
 
 def _is_tb_thread(thread) -> bool:
@@ -33,16 +38,21 @@ class MetricWriter:
     disk raises `UserError` naming the file.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, enabled: bool | None = None):
+    def __init__(self, workdir: paths.PathLike, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = paths.as_path(workdir)
         self._tb = None
         self._tb_failed = False
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), flush_secs=10)
-            self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+            local = paths.is_local(self.workdir)
+            if not local:
+                _register_remote_events(str(self.workdir))
+            flush_secs = 10 if local else REMOTE_FLUSH_S
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), flush_secs=flush_secs)
+            jsonl = self.workdir / "metrics.jsonl"
+            self._jsonl = open(jsonl, "a") if local else RemoteAppend(jsonl)  # noqa: SIM115
             self._previous_hook = threading.excepthook
             threading.excepthook = self._thread_hook
 
@@ -167,3 +177,62 @@ def parameter_overview(params) -> str:
 
 def count_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+class RemoteAppend:
+    """Append-only text file at a URI: kept in memory, uploaded whole (object stores cannot
+    append) at most every `REMOTE_FLUSH_S` seconds and at `close`."""
+
+    def __init__(self, path: paths.PathLike, every_s: float = REMOTE_FLUSH_S):
+        self.path = paths.as_path(path)
+        self._text = io.StringIO()
+        if self.path.exists():
+            self._text.write(self.path.read_text())
+        self._every, self._last = every_s, time.monotonic()
+
+    def write(self, text: str):
+        self._text.write(text)
+
+    def flush(self, force: bool = False):
+        if force or time.monotonic() - self._last >= self._every:
+            self.path.write_text(self._text.getvalue())
+            self._last = time.monotonic()
+
+    def close(self):
+        self.flush(force=True)
+
+
+class _RemoteEvents:
+    """A TensorBoard event file at a URI, uploaded whole at each of tensorboardX's flushes."""
+
+    def __init__(self, path: str):
+        self.path = paths.as_path(path)
+        self._buffer = io.BytesIO()
+
+    def write(self, data: bytes):
+        self._buffer.write(data)
+
+    def flush(self):
+        self.path.write_bytes(self._buffer.getvalue())
+
+    def close(self):
+        self.flush()
+
+
+class _RemoteEventsFactory:
+    def open(self, path: str) -> _RemoteEvents:
+        return _RemoteEvents(path)
+
+    def directory_check(self, path: str):
+        paths.as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_remote_events(workdir: str):
+    """Routes tensorboardX's event files for `workdir`'s scheme through `etils.epath`.
+
+    tensorboardX's own `gs://` / `s3://` writers need google-cloud-storage / boto3; epath
+    reaches the store with what Orbax already uses.
+    """
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory(workdir.split("://", 1)[0], _RemoteEventsFactory())
