@@ -100,10 +100,10 @@ def video_prediction(config, workdir: pathlib.Path) -> tuple[dict, str]:
     return result, evaluator.markdown(result)
 
 
-def compare_configs(config, workdir: pathlib.Path) -> list[tuple[pathlib.Path, object]]:
+def compare_configs(config, workdir) -> list[tuple[object, object]]:
     """--compare runs and their configs, checked before anything is scored."""
     out = []
-    for other in map(pathlib.Path, FLAGS.compare):
+    for other in map(paths.as_path, FLAGS.compare):
         try:
             other_config = runs.read_config(other)
         except UserError as e:
@@ -126,7 +126,7 @@ def compare_configs(config, workdir: pathlib.Path) -> list[tuple[pathlib.Path, o
     return out
 
 
-def compare_runs(workdir: pathlib.Path, result: dict, others) -> None:
+def compare_runs(workdir, result: dict, others) -> None:
     """--compare: the other runs on the same split, one side-by-side table (W/eval)."""
     results = {workdir.name: result}
     for other, other_config in others:
