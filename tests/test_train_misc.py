@@ -96,3 +96,22 @@ def test_epoch_schedules_follow_the_dataset_and_batch():
 
     with pytest.raises(UserError, match="global_batch_size=110 is larger than the 50"):
         schedule.resolve_steps(sound2sight_m3so_nb.get_config(), num_train_examples=50)
+
+
+def test_host_helpers_and_process_major_mesh():
+    """`avjax.multihost` on one process: gathered values equal the arrays; first rows cut."""
+    from avjax import multihost
+    from avjax.train import sharding as shd
+
+    mesh = shd.make_mesh([("data", 4), ("fsdp", 2)])
+    assert [d.process_index for d in mesh.devices.flat] == [0] * 8
+    x = np.arange(32, dtype=np.float32).reshape(8, 4)
+    batch = shd.global_batch({"x": x, "y": x[:, 0]}, mesh)
+    assert len(batch["x"].sharding.device_set) == 8
+    got = multihost.to_host({"batch": batch, "scalar": 2.5})
+    np.testing.assert_array_equal(got["batch"]["x"], x)
+    assert isinstance(got["batch"]["y"], np.ndarray) and got["scalar"] == 2.5
+    first = multihost.first_rows(batch, 3)
+    np.testing.assert_array_equal(first["x"], x[:3])
+    np.testing.assert_array_equal(first["y"], [0.0, 4.0, 8.0])
+    assert multihost.is_main()

@@ -110,7 +110,7 @@ class Sound2SightTask:
         self.train_frames = train_frames
         self.frame_scale = frame_scale
         self.sample_clips, self.sample_count, self.fps = sample_clips, sample_count, fps
-        self._samples = jax.jit(self.sample_futures, static_argnames="num_samples")
+        self._sample_first = jax.jit(self._first_clip_samples, static_argnums=(3, 4))
 
     @classmethod
     def from_config(cls, config, stats=None) -> Sound2SightTask:
@@ -321,25 +321,29 @@ class Sound2SightTask:
         return common.float32_metrics(out)
 
     # --------------------------------------------------------------------------- samples
+    def _first_clip_samples(self, state, batch, rng, clips: int, num_samples: int):
+        """The first `clips` clips of `batch` in [0, 1] and `num_samples` prior futures each."""
+        x = frames01(batch["frames"][:clips], self.frame_scale)
+        audio = batch["audio"][:clips].astype(jnp.float32)
+        return x, self.sample_futures(state, x, audio, rng, num_samples=num_samples)
+
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
         """GIF grid per call: rows = clips, columns = [ground truth, best of S, S-1 samples].
 
         "Best" is the sample with the highest mean SSIM over the predicted frames (as the
-        official `make_gifs`). Seen frames are shown in every column.
+        official `make_gifs`). Seen frames are shown in every column. Every process runs the
+        (sharded) sampler and gathers its clips; process 0 writes.
         """
-        from avjax import images
+        from avjax import images, multihost
         from avjax.video import io as video_io
 
-        k = self.sample_clips
-        frames = jnp.asarray(jax.device_get(batch["frames"])[:k])
-        audio = jnp.asarray(jax.device_get(batch["audio"])[:k])
-        x = frames01(frames, self.frame_scale)
-        samples = self._samples(
-            state, x, audio, jax.random.PRNGKey(step), num_samples=self.sample_count
+        x, samples = multihost.to_host(
+            self._sample_first(
+                state, batch, jax.random.PRNGKey(step), self.sample_clips, self.sample_count
+            )
         )
-        if jax.process_index() != 0:
+        if not multihost.is_main():
             return
-        x, samples = np.asarray(x), np.asarray(jax.device_get(samples))
         n_past = self.gen.n_past
         gt = x[:, n_past:]
         scores = np.asarray(iq.ssim_correct(samples, np.broadcast_to(gt, samples.shape))).mean(-1)
