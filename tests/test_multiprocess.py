@@ -68,11 +68,16 @@ def _assert_two_process_run(out: list[str], workdir: pathlib.Path, step: int):
 
 
 def test_codebook_two_processes_match_one_process_and_resume(tmp_path):
-    """Tiny codebook, LPAPS dropout on, discriminator on from step 1: 2 x 4 == 1 x 8."""
+    """Tiny codebook with LPAPS dropout on: 2 processes x 4 devices == 1 x 8 after a step.
+
+    The discriminator starts at step 10 (`:tiny`) but runs forward in step 1 (its BatchNorm
+    statistics and logits are compared). Had it trained, Adam's first update, lr * g / (|g| +
+    1e-8), would flip sign at a few elements whose gradient is ~0 (measured: 1-6 of
+    thousands per kernel, by 2 lr = 1.6e-3), on any two layouts.
+    """
     config = "configs/specvqgan_vggsound.py:tiny"
-    flags = ["--config.loss.disc_start=0"]  # the discriminator and its BatchNorm in step 1
     two, one = tmp_path / "two", tmp_path / "one"
-    out = _train(2, two, config, *flags, "--config.train.num_steps=1")
+    out = _train(2, two, config, "--config.train.num_steps=1")
     _assert_two_process_run(out, two, 1)
     assert sorted(p.name for p in (two / "samples" / "1").iterdir()) == [
         "0_input_vs_reconstruction.png",
@@ -81,20 +86,21 @@ def test_codebook_two_processes_match_one_process_and_resume(tmp_path):
         "2_input_vs_reconstruction.png",
         "3_input_vs_reconstruction.png",
     ]
-    out = _train(2, two, config, *flags, "--config.train.num_steps=2")  # resumes
+    out = _train(2, two, config, "--config.train.num_steps=2")  # resumes
     assert "resumed from step 1" in out[0]
     _assert_two_process_run(out, two, 2)
     assert (two / "samples" / "2" / "0_input_vs_reconstruction.png").is_file()
     assert sorted({r["step"] for r in _jsonl(two)}) == [1, 2]
 
-    _train(1, one, config, *flags, "--config.train.num_steps=1")
-    a, b = load_run(two, step=1).state, load_run(one, step=1).state
-    assert float(load_run(one, step=1).config.loss.lpaps_dropout) == 0.5
+    _train(1, one, config, "--config.train.num_steps=1")
+    run = load_run(one, step=1)
+    assert run.config.loss.lpaps_dropout == 0.5
+    a, b = load_run(two, step=1).state, run.state
     assert _max_diff(a["params"], b["params"]) <= 1e-4
     assert _max_diff(a["batch_stats"], b["batch_stats"]) <= 1e-4
     m2, m1 = _metrics(two, 1), _metrics(one, 1)
-    assert m2["train/disc_factor"] == 1.0
-    for k in ("train/p_loss", "train/rec_loss", "train/disc_loss", "train/logits_real"):
+    assert m2["train/disc_factor"] == 0.0
+    for k in ("train/p_loss", "train/rec_loss", "train/logits_real", "train/logits_fake"):
         np.testing.assert_allclose(m2[k], m1[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
@@ -134,17 +140,25 @@ def test_transformer_two_processes_match_one_process(tmp_path):
 
 
 def test_sound2sight_two_processes_match_one_process(tmp_path):
-    """Tiny Sound2Sight (prior noise, dropout, rolled audio per row) and a `config.evals` eval."""
+    """Tiny Sound2Sight (prior noise, dropout, rolled audio per row) and a `config.evals` eval.
+
+    Adam's eps is raised to 1e-3: the conv biases before a BatchNorm have a zero gradient
+    (the norm removes any shift), and the first update, lr * g / (|g| + eps), would turn its
+    rounding noise (~1e-9) into +-lr with the default 1e-8, on any two layouts (measured:
+    the gradients agreed to 8e-8, such biases differed by 2 lr). With 1e-3 that noise moves
+    nothing, and a real difference in the gradients still moves the params by ~lr.
+    """
     config = "configs/sound2sight_m3so_nb.py:tiny"
+    flags = ["--config.train.num_steps=1", "--config.optim.eps=1e-3"]
     evals = {"evals": {"vp": {"every": 1, "num_samples": 2, "sample_chunk": 2, "max_clips": 4}}}
     two, one = tmp_path / "two", tmp_path / "one"
-    out = _train(2, two, config, "--config.train.num_steps=1", config_update=evals)
+    out = _train(2, two, config, *flags, config_update=evals)
     _assert_two_process_run(out, two, 1)
     assert (two / "samples" / "1" / "gt_best_samples.gif").is_file()
-    _train(1, one, config, "--config.train.num_steps=1", config_update=evals)
+    _train(1, one, config, *flags, config_update=evals)
     a, b = load_run(two, step=1).state, load_run(one, step=1).state
-    assert _max_diff(a["params"], b["params"]) <= 1e-4
-    assert _max_diff(a["batch_stats"], b["batch_stats"]) <= 1e-4
+    for part in ("params", "opt_state", "batch_stats"):
+        assert _max_diff(a[part], b[part]) <= 1e-4, part
     m2, m1 = _metrics(two, 1), _metrics(one, 1)
     scored = [k for k in m1 if k.startswith("evals/vp/")]
     assert len(scored) == 9 and m1["step"] == m2["step"] == 1
