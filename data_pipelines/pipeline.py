@@ -8,9 +8,12 @@ crop, scale to [-1, 1], shard, batch.
 Train (`train=True`), with G = global_batch_size, P = process_count, B = G // P:
   source -> seeded global shuffle (a new permutation each epoch) -> repeat(num_epochs)
   -> crop 860 -> crop_frames (centre: columns 6..853; or seeded random) -> image = 2 mel - 1
-  -> [process_index::P] of that global stream -> batches of B (drop_remainder).
-  Every process uses the same seed, so the P processes partition the global shuffled stream
-  and process p's k-th batch holds global positions k*G + p + P*j (j < B).
+  -> global batch k = positions [k*G, (k+1)*G) of that stream, process p taking its rows
+  [p*B, (p+1)*B): positions k*G + p*B + j (j < B), in order, batched by B.
+  Every process uses the same seed, so the P processes partition the global shuffled stream,
+  and the global batch (the processes' rows side by side, as the trainer assembles them) is
+  the same examples in the same order for any process count: a step's randomness drawn
+  over the global batch (dropout, noise) is the same on 1 process or many.
 Eval (`train=False`): no shuffle, one pass, centre crop. The dataset is padded to a multiple of
   G with filler examples (image -1, label -1) so every process yields the same number of full
   batches; batches carry `"mask": [B] bool` (False for fillers): weight metrics by it.
@@ -96,6 +99,37 @@ class RandomCrop(grain.transforms.RandomMap):
         frames = _check_frames(mel, self.crop_frames)
         offset = int(rng.integers(0, frames - self.crop_frames + 1))
         return _to_example(mel, element["label"], offset, self.crop_frames)
+
+
+class _ProcessRows(grain.MapDataset):
+    """Process `index`'s rows of every global batch: item m = parent[k*G + index*B + j].
+
+    (k, j = divmod(m, B), B = G // count.) Parent items past the last whole global batch
+    are never read.
+    """
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+        super().__init__(parent)
+        self._g, self._b, self._index = global_batch, global_batch // count, index
+        self._length = len(parent) // global_batch * self._b
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, m: int) -> int:
+        k, j = divmod(m, self._b)
+        return k * self._g + self._index * self._b + j
+
+    def __getitem__(self, m):
+        if isinstance(m, slice):
+            return self.slice(m)
+        return self._parent[self._parent_index(m)]
+
+    def _getitems(self, indices):
+        return self._parent._getitems([self._parent_index(m) for m in indices])
+
+    def __str__(self) -> str:
+        return f"_ProcessRows(global_batch={self._g}, rows {self._index * self._b}+{self._b})"
 
 
 class _PaddedEvalSource:
@@ -264,7 +298,7 @@ def make_dataset(
         padded = -(-n // global_batch_size) * global_batch_size
         ds = grain.MapDataset.source(_PaddedEvalSource(source, padded, filler))
         ds = ds.map(_KeepMask(transforms, mask_dtype))
-    ds = ds[pi::pc]
+    ds = _ProcessRows(ds, global_batch_size, pi, pc)
     buffer = prefetch_buffer_size or max(2 * local_batch, read_threads)
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=buffer)
     return ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)

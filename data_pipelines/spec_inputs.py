@@ -2,19 +2,21 @@
 
 `make_inputs(config)` (and `make_classifier_inputs`, which also checks the labels) opens the
 official VGGSound/VAS layout in `config.data.dir` (or the embedded synthetic clips for `:tiny`
-configs), computes the per-mel-bin statistics the models normalise with and builds the
-checkpointable Grain iterators (`pipeline.make_spec_iterator`).
+configs), computes the per-mel-bin statistics the models normalise with (once, on process 0,
+with several processes) and builds the checkpointable Grain iterators
+(`pipeline.make_spec_iterator`).
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from absl import logging
 
 from data_pipelines import base, pipeline, spec_folders
 from data_pipelines.errors import UserError
 
-__all__ = ["make_classifier_inputs", "make_inputs", "mel_stats"]
+__all__ = ["make_classifier_inputs", "make_inputs", "mel_stats", "shared_mel_stats"]
 
 
 def mel_stats(source, num_examples: int, crop_frames: int) -> dict[str, np.ndarray]:
@@ -26,6 +28,24 @@ def mel_stats(source, num_examples: int, crop_frames: int) -> dict[str, np.ndarr
     mels = np.stack([pipeline.center_crop(source[i]["mel"], crop_frames) for i in range(n)])
     mean, std = mels.mean(axis=(0, 2)), mels.std(axis=(0, 2))
     return {"mean": mean.astype(np.float32), "std": np.maximum(std, 1e-3).astype(np.float32)}
+
+
+def shared_mel_stats(source, num_examples: int, crop_frames: int) -> dict[str, np.ndarray]:
+    """`mel_stats` computed once: by process 0, sent to the others (one clip read there).
+
+    With one process it is `mel_stats`. Every process must call it (a collective).
+    """
+    if jax.process_count() == 1:
+        return mel_stats(source, num_examples, crop_frames)
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        stats = mel_stats(source, num_examples, crop_frames)
+    else:  # a placeholder of the right shape, replaced by process 0's values
+        bins = np.shape(source[0]["mel"])[0]
+        stats = {k: np.zeros(bins, np.float32) for k in ("mean", "std")}
+    stats = multihost_utils.broadcast_one_to_all(stats)
+    return {k: np.asarray(v, np.float32) for k, v in stats.items()}
 
 
 def make_inputs(config, model_fns: base.ModelFns | None = None) -> base.Inputs:
@@ -74,7 +94,7 @@ def _make(config, check_labels: bool) -> base.Inputs:
         eval_iter_fn = lambda: pipeline.make_spec_iterator(
             eval_src, seed=config.seed, train=False, **common
         )
-    stats = mel_stats(train_src, d.stats_examples, d.crop_frames)
+    stats = shared_mel_stats(train_src, d.stats_examples, d.crop_frames)
     return base.Inputs(
         train_iter, eval_iter_fn, stats, train_src.class_names, data_dir, len(train_src)
     )

@@ -9,9 +9,10 @@ Batches come from `pipeline.make_dataset`, the order of `pipeline.make_spec_data
 global batch, P processes, B = G // P):
   train: seeded global shuffle (new permutation per epoch), repeat forever, a seeded random
     window of T = n_past + n_future frames per clip (the whole clip when it has exactly T),
-    `[process_index::P]`, batches of B;
+    process p's rows [p*B, (p+1)*B) of each global batch, batches of B;
   eval: clips in order, first n_past + n_eval frames, padded to a multiple of G with zero
-    clips, `[process_index::P]`, batches of B with "mask" (1 real, 0 padding).
+    clips, process p's rows [p*B, (p+1)*B) of each global batch, batches of B with "mask"
+    (1 real, 0 padding).
 Batches: {"frames": uint8 [B, T, H, W, C], "audio": float32 [B, T, Fa, Ta], "block": int32
 [B, 4]} (+ "mask": float32 [B] in eval). Frames stay uint8; the task scales them. The audio
 patches are `log1p(|STFT|) / log1p(sum(window) / 2)` (see `m3so.audio_features`).

@@ -239,7 +239,8 @@ def make_wave_dataset(
 ) -> grain.IterDataset:
     """Process-local batches of windows, in `pipeline.make_dataset`'s order and sharding.
 
-    Train: seeded global shuffle, repeat forever, `RandomWindow`, [process_index::P], batch.
+    Train: seeded global shuffle, repeat forever, `RandomWindow`, this process's rows of each
+    global batch, batch.
     Eval: one ordered pass padded with silent clips to whole global batches, `CentreWindow`,
     with "mask" (False for the padding).
     """

@@ -26,7 +26,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from avjax import paths
+from avjax import multihost, paths
 from avjax.models.specvqgan.code_encoder import CodeEncoder
 from avjax.train import loop, schedule
 from avjax.train.tasks import make_task
@@ -47,6 +47,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     common.setup_jax(multihost=FLAGS.multihost)
+    multihost.quiet_other_processes()  # progress and info lines from process 0 only
     config = FLAGS.config
     workdir = paths.as_path(FLAGS.workdir or common.default_workdir(sys.argv))  # or gs://...
     check_config(config, jax.device_count(), jax.process_count())  # before any data or compile

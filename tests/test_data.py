@@ -399,10 +399,8 @@ def test_pipeline_process_slicing_partitions_global_shuffle():
         for p in range(2)
     ]  # fmt: skip
     assert all(b["label"].shape == (2,) for bs in procs for b in bs)
-    merged = [
-        lab for b0, b1 in zip(*procs) for pair in zip(b0["label"], b1["label"]) for lab in pair
-    ]
-    assert merged == glob  # process p takes global positions p, p + 2, ...
+    merged = [lab for b0, b1 in zip(*procs) for lab in [*b0["label"], *b1["label"]]]
+    assert merged == glob  # process p takes rows [2p, 2p + 2) of each global batch
     assert sorted(glob[:n]) == list(range(n)) and sorted(glob[n:]) == list(range(n))
     assert glob[:n] != glob[n:]  # a new permutation each epoch
     assert glob[:n] != list(range(n))
@@ -438,7 +436,9 @@ def test_pipeline_finite_epochs_and_eval_padding():
     assert sorted(labels[mask].tolist()) == list(range(10)) and (labels[~mask] == -1).all()
     fillers = np.concatenate([b["image"] for e in evals for b in e])[~mask]
     assert (fillers == -1).all()
-    assert evals[0][0]["label"].tolist() == [0, 2]  # ordered, strided by process
+    assert evals[0][0]["label"].tolist() == [0, 1]  # ordered: process 0 has rows 0-1
+    assert evals[1][0]["label"].tolist() == [2, 3]  # process 1 rows 2-3 of the same batch
+    assert evals[1][2]["mask"].tolist() == [False, False]  # positions 10, 11 pad
 
 
 def test_pipeline_resume_state_and_orbax(tmp_path):

@@ -113,3 +113,22 @@ def test_read_config_fills_fields_added_since_a_run_was_written(tmp_path):
     c["data"]["flow"] = True  # a value the run has is kept
     (tmp_path / "config.json").write_text(json.dumps(c))
     assert runs.read_config(tmp_path).data.flow is True
+
+
+def test_host_helpers_and_process_major_mesh():
+    """`avjax.multihost` on one process: gathered values equal the arrays; first rows cut."""
+    from avjax import multihost
+    from avjax.train import sharding as shd
+
+    mesh = shd.make_mesh([("data", 4), ("fsdp", 2)])
+    assert [d.process_index for d in mesh.devices.flat] == [0] * 8
+    x = np.arange(32, dtype=np.float32).reshape(8, 4)
+    batch = shd.global_batch({"x": x, "y": x[:, 0]}, mesh)
+    assert len(batch["x"].sharding.device_set) == 8
+    got = multihost.to_host({"batch": batch, "scalar": 2.5})
+    np.testing.assert_array_equal(got["batch"]["x"], x)
+    assert isinstance(got["batch"]["y"], np.ndarray) and got["scalar"] == 2.5
+    first = multihost.first_rows(batch, 3)
+    np.testing.assert_array_equal(first["x"], x[:3])
+    np.testing.assert_array_equal(first["y"], [0.0, 4.0, 8.0])
+    assert multihost.is_main()

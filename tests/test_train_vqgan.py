@@ -66,25 +66,31 @@ def _run_steps(task, mesh, batches, min_size):
 
 @pytest.mark.slow
 def test_sharded_step_equals_single_device(task):
-    """One full step (AE + D updates) on a (data 4, fsdp 2) mesh equals the 1-device step.
+    """One full step (AE + D updates) on 8 devices, data-parallel and (data 4, fsdp 2), equals
+    the 1-device step, with LPAPS dropout on.
 
     One step, because training is chaotic in the last bits (VQ argmin ties, sign-like early
     Adam updates): 1e-7 differences from reduction order grow over steps on any hardware.
     The fixture's settings (Adam eps, perceptual weight) say why they differ from the paper's.
+    The dropout masks are drawn over the global batch, the same on any layout: `p_loss`
+    (computed with them) agrees to 1e-4, where other masks (another key, or the rows in
+    another order) change it by ~1e-3 (0.5%, measured).
     """
     assert jax.device_count() == 8
+    assert task.lpaps.dropout_rate == 0.5
     batch = {"image": np.random.RandomState(0).uniform(-1, 1, (8, 80, 64)).astype(np.float32)}
     one = shd.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    eight = shd.make_mesh([("data", 4), ("fsdp", 2)])
     s1, (m1,), _ = _run_steps(task, one, [batch], min_size=2**18)
-    s8, (m8,), sh8 = _run_steps(task, eight, [batch], min_size=2**10)
-    assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(sh8))  # FSDP really shards
-    assert m8["disc_factor"] == 1.0
-    for k in m1:
-        np.testing.assert_allclose(m1[k], m8[k], rtol=1e-4, atol=1e-4, err_msg=k)
-    for part in ("params", "batch_stats", "opt_state"):
-        diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), s1[part], s8[part])
-        assert max(jax.tree.leaves(diffs)) < 1e-5, (part, diffs)
+    for axes, min_size in (([("data", 8)], 2**18), ([("data", 4), ("fsdp", 2)], 2**10)):
+        s8, (m8,), sh8 = _run_steps(task, shd.make_mesh(axes), [batch], min_size=min_size)
+        if min_size < 2**18:
+            assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(sh8))  # FSDP really shards
+        assert m8["disc_factor"] == 1.0
+        for k in m1:
+            np.testing.assert_allclose(m1[k], m8[k], rtol=1e-4, atol=1e-4, err_msg=f"{axes} {k}")
+        for part in ("params", "batch_stats", "opt_state"):
+            diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), s1[part], s8[part])
+            assert max(jax.tree.leaves(diffs)) < 1e-5, (axes, part, diffs)
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from avjax import multihost
 from avjax.errors import UserError
 from avjax.evals import tables
 
@@ -261,9 +262,13 @@ class AudioGenerationEvaluator:
         split = config.data.eval_split or "eval"
 
         def run(state, batches, step):
+            # Every process gathers the params and clips and samples on its own devices
+            # (the same keys: the same scalars everywhere).
+            params = multihost.to_host(state["params"])
             if ev.generator is None:  # built once: its jitted decode compiles once
-                ev.generator = Video2Sound.from_parts(config, task.model, state["params"], codec)
-            ev.generator.params = state["params"]
+                ev.generator = Video2Sound.from_parts(config, task.model, params, codec)
+            ev.generator.params = params
+            batches = (multihost.to_host(b) for b in batches)
             clips = reconstructed_clips(ev.generator, batches, max_clips)
             return ev.scalars(ev.evaluate(clips, split=split, workdir=f"step {step}"))
 

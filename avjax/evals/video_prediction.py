@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from avjax import multihost
 from avjax.errors import UserError
 from avjax.evals import tables
 from avjax.images import frames01
@@ -340,7 +341,9 @@ class VideoPredictionEvaluator:
         Args:
           state: what `sample_fn` reads (a train state, or its generator part).
           batches: {"frames": uint8 [B, T, H, W, C], "audio", "block" (with `block_iou`),
-            "mask" (optional, [B]: 1 real clip, 0 padding)}; T = n_past + n_eval.
+            "mask" (optional, [B]: 1 real clip, 0 padding)}; T = n_past + n_eval. Host
+            arrays, or global `jax.Array`s of a multi-process run: then every process calls
+            this (the per-clip results are gathered to every host) and gets the same result.
           rng: sampling key (batch i uses `fold_in(rng, i)`).
           split, step: recorded in the result (the data split, the checkpoint step).
           max_clips: stop after this many clips.
@@ -354,15 +357,15 @@ class VideoPredictionEvaluator:
         num_clips = num_iou = seen = 0
         for i, batch in enumerate(batches):
             size = len(batch["frames"])
-            mask = np.asarray(batch.get("mask", np.ones(size)), np.float64)
+            mask = np.asarray(multihost.to_host(batch.get("mask", np.ones(size))), np.float64)
             if max_clips is not None:
                 mask[max(0, max_clips - seen) :] = 0
             seen += size
             if mask.sum() == 0:
                 break
             arrays = {k: v for k, v in batch.items() if k != "mask"}
-            out = jax.device_get(self._fn(state, arrays, jax.random.fold_in(rng, i)))
-            has_block = np.asarray(batch["block"])[:, 3] > 0 if self.with_iou else None
+            out = multihost.to_host(self._fn(state, arrays, jax.random.fold_in(rng, i)))
+            has_block = multihost.to_host(batch["block"])[:, 3] > 0 if self.with_iou else None
             for mode, vals in out.items():
                 for k, v in vals.items():
                     v = np.asarray(v, np.float64)

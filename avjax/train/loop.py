@@ -476,7 +476,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
                 last.update({f"eval/{k}": v for k, v in results.items()})
             for name, (every, run_eval) in evaluators.items():
                 if step % every == 0 or step == tc.num_steps:
-                    results = run_evaluator(run_eval, state, eval_iter_fn, step, multiprocess)
+                    results = run_evaluator(run_eval, state, eval_iter_fn, step, mesh)
                     results = {f"evals/{name}/{k}": v for k, v in results.items()}
                     writer.scalars(step, results)
                     logging.info("evals/%s at step %d: %s", name, step, results)
@@ -513,22 +513,15 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
     return last
 
 
-def run_evaluator(run_eval, state, eval_iter_fn, step: int, multiprocess: bool) -> dict:
-    """One `config.evals` evaluator on process 0: the state gathered to host, its scalars.
+def run_evaluator(run_eval, state, eval_iter_fn, step: int, mesh) -> dict:
+    """One `config.evals` evaluator over the eval split: its scalars (the same on every process).
 
-    Every process takes part in gathering the (sharded) state; process 0 then evaluates its
-    own eval batches (with several processes, its share of the split) and the others
-    return {}.
+    Every process runs it: the evaluator's jitted computations read the sharded train state
+    and the global eval batches (each process contributes its rows), and gather their
+    per-clip results to every host; process 0's writer logs them.
     """
-    if multiprocess:
-        from jax.experimental import multihost_utils
-
-        host = multihost_utils.process_allgather(state, tiled=True)
-    else:
-        host = jax.device_get(state)
-    if jax.process_index() != 0:
-        return {}
-    return {k: float(v) for k, v in run_eval(host, eval_iter_fn(), step).items()}
+    batches = (shd.global_batch(local, mesh) for local in eval_iter_fn())
+    return {k: float(v) for k, v in run_eval(state, batches, step).items()}
 
 
 def evaluate(eval_step, state, eval_iter, mesh, max_batches: int | None = None) -> dict[str, float]:

@@ -7,6 +7,7 @@ so an Explicit-axis mesh (the `jax.make_mesh` default in jax 0.10) would fail on
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -37,9 +38,16 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
             f"config.mesh: axes {dict(zip(names, sizes))} need {math.prod(sizes)} devices, "
             f"{len(devices)} are available"
         )
-    return jax.make_mesh(
-        tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names), devices=devices
-    )
+    axis_types = (AxisType.Auto,) * len(names)
+    mesh = jax.make_mesh(tuple(sizes), names, axis_types=axis_types, devices=devices)
+    procs = [d.process_index for d in mesh.devices.flat]
+    if procs != sorted(procs):
+        # Process p must hold rows [p*B, (p+1)*B) of the global batch (`global_batch`), so
+        # that a batch is the same examples in the same order on any number of processes.
+        # (TPU meshes follow the chips' physical order, which may interleave hosts.)
+        order = sorted(devices, key=lambda d: (d.process_index, d.id))
+        mesh = Mesh(np.asarray(order).reshape(sizes), names, axis_types=axis_types)
+    return mesh
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -81,9 +89,32 @@ def state_shardings(abstract_state, mesh: Mesh, min_size: int = 2**18):
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _check_process_rows(sharding: NamedSharding, local_rows: int, process: int, count: int):
+    """Raises unless this process's devices hold exactly rows [p*B, (p+1)*B) of the batch."""
+    rows = local_rows * count
+    lo, hi = process * local_rows, (process + 1) * local_rows
+    for index in sharding.addressable_devices_indices_map((rows,)).values():
+        start, stop, _ = index[0].indices(rows)
+        if start < lo or stop > hi:
+            raise ValueError(
+                f"the mesh puts rows [{start}, {stop}) of the global batch on process "
+                f"{process}, whose input holds rows [{lo}, {hi}); build it with "
+                "avjax.train.sharding.make_mesh (process-major device order)"
+            )
+
+
 def global_batch(local_batch, mesh: Mesh):
-    """Assembles global jax.Arrays from this process's slice of the batch."""
+    """Assembles global jax.Arrays from this process's rows of the batch.
+
+    Process p's `local_batch` is rows [p*B, (p+1)*B) of the global batch (the input
+    pipelines' order); `make_mesh` lays the devices out so that they land there.
+    """
     sharding = batch_sharding(mesh)
+    if jax.process_count() > 1:
+        rows = {len(x) for x in jax.tree.leaves(local_batch)}
+        for r in rows:
+            _check_process_rows(sharding, r, jax.process_index(), jax.process_count())
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
     )

@@ -2,6 +2,12 @@
 
 `init`, `train_step` and `eval_step` are pure functions of arrays (the loop jits them
 with shardings); `write_samples` runs on the host and writes files people open.
+
+Several processes: the batch is global (process p holds rows [p*B, (p+1)*B), the same
+examples in the same order on any process count), so randomness a step draws over the
+batch's global shape from one key (dropout, noise) is the same on every device layout.
+`write_samples` is called on every process: computations over the state run on all of
+them (`avjax.multihost` gathers the results) and process 0 writes.
 """
 
 from __future__ import annotations

@@ -179,19 +179,23 @@ class MelGANTask:
 
     # --------------------------------------------------------------------------- samples
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path, num: int = 4):
-        """Vocodes whole eval clips (or, without them, the batch's windows) to wav + png."""
-        from avjax import images
+        """Vocodes whole eval clips (or, without them, the batch's windows) to wav + png.
+
+        Every process gathers the windows and the generator; process 0 vocodes (on its local
+        devices) and writes.
+        """
+        from avjax import images, multihost
         from avjax.audio import io
 
         if "sample_mel" in self.sample_clips:
             mels = self.sample_clips["sample_mel"][:num]
             real = self.sample_clips.get("sample_wave")
         else:
-            waves = jax.device_get(batch["wave"])[:num]
+            waves = multihost.first_rows(batch["wave"], num)
             mels = np.asarray(mel_of(jnp.asarray(waves), self.num_frames, self.spec))
             real = waves
-        gp = jax.device_get(state["params"]["generator"])
-        if jax.process_index() != 0:
+        gp = multihost.to_host(state["params"]["generator"])
+        if not multihost.is_main():
             return
         fake = np.asarray(self._vocode(gp, jnp.asarray(mels, jnp.float32)))
         fake_mels = mel_lib.log_mel_spectrogram_jax(fake, self.spec)[:, :, : mels.shape[-1]]

@@ -110,7 +110,7 @@ class Sound2SightTask:
         self.train_frames = train_frames
         self.frame_scale = frame_scale
         self.sample_clips, self.sample_count, self.fps = sample_clips, sample_count, fps
-        self._samples = jax.jit(self.sample_futures, static_argnames="num_samples")
+        self._sample_first = jax.jit(self._first_clip_samples, static_argnums=(3, 4))
 
     @classmethod
     def from_config(cls, config, stats=None) -> Sound2SightTask:
@@ -321,6 +321,12 @@ class Sound2SightTask:
         return common.float32_metrics(out)
 
     # --------------------------------------------------------------------------- samples
+    def _first_clip_samples(self, state, batch, rng, clips: int, num_samples: int):
+        """The first `clips` clips of `batch` in [0, 1] and `num_samples` prior futures each."""
+        x = frames01(batch["frames"][:clips], self.frame_scale)
+        audio = batch["audio"][:clips].astype(jnp.float32)
+        return x, self.sample_futures(state, x, audio, rng, num_samples=num_samples)
+
     def sample_grid(
         self, state, frames, audio, rng, num_samples: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -340,32 +346,41 @@ class Sound2SightTask:
             predicted ones have a red border.
           best: int [B], the index of each clip's best sample.
         """
+        from avjax import multihost
+
+        batch = {"frames": jnp.asarray(frames), "audio": jnp.asarray(audio)}
+        x, samples = multihost.to_host(
+            self._sample_first(state, batch, rng, len(frames), num_samples)
+        )
+        return self._tile(x, samples)
+
+    def _tile(self, x: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clips [B, T, ...] in [0, 1] and their futures [S, B, Tf, ...] -> (grid, best)."""
         from avjax import images
 
-        x = frames01(jnp.asarray(frames), self.frame_scale)
-        samples = self._samples(state, x, jnp.asarray(audio), rng, num_samples=num_samples)
-        x, samples = np.asarray(jax.device_get(x)), np.asarray(jax.device_get(samples))
         n_past = self.gen.n_past
         gt = x[:, n_past:]
         scores = np.asarray(iq.ssim_correct(samples, np.broadcast_to(gt, samples.shape))).mean(-1)
         best = np.argmax(scores, axis=0)
         cols = [x, np.concatenate([x[:, :n_past], samples[best, np.arange(len(x))]], 1)]
-        for s in range(min(num_samples, 4)):
+        for s in range(min(len(samples), 4)):
             cols.append(np.concatenate([x[:, :n_past], samples[s]], 1))
         return images.frame_grid(np.stack(cols, 1), n_past), best
 
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
-        """GIF grid per call (`sample_grid`) of the first `sample_clips` clips of the batch."""
+        """GIF grid (`sample_grid`) of the first `sample_clips` clips of the batch. Every
+        process runs the (sharded) sampler and gathers its clips; process 0 writes."""
+        from avjax import multihost
         from avjax.video import io as video_io
 
-        k = self.sample_clips
-        frames = jax.device_get(batch["frames"])[:k]
-        audio = jax.device_get(batch["audio"])[:k]
-        grid, _ = self.sample_grid(
-            state, frames, audio, jax.random.PRNGKey(step), num_samples=self.sample_count
+        x, samples = multihost.to_host(
+            self._sample_first(
+                state, batch, jax.random.PRNGKey(step), self.sample_clips, self.sample_count
+            )
         )
-        if jax.process_index() != 0:
+        if not multihost.is_main():
             return
+        grid, _ = self._tile(x, samples)
         n_past = self.gen.n_past
         out_dir.mkdir(parents=True, exist_ok=True)
         video_io.write_gif(out_dir / "gt_best_samples.gif", grid, fps=self.fps)

@@ -180,13 +180,20 @@ class TransformerTask:
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path):
         """Samples codes for the first clips of `batch`; decodes them (and the ground truth)
         with the codebook to mel PNGs and Griffin-Lim wavs. Without a codebook it writes
-        the code maps as images."""
-        from avjax import images
+        the code maps as images.
+
+        Every process gathers the clips and the parameters (and loads the codebook, a local
+        copy); process 0 alone samples on its local devices and writes.
+        """
+        from avjax import images, multihost
 
         n = self.num_sample_clips
-        local = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[:n], batch)
+        local = multihost.first_rows(batch, n)
+        params = multihost.to_host(state["params"])
+        codec = self.codec()
+        if not multihost.is_main():
+            return
         feats, labels = self._condition(local)
-        params = jax.device_get(state["params"])
         rng = jax.random.fold_in(jax.random.PRNGKey(0), int(step))
         codes = sampling.sample(
             self.model,
@@ -199,13 +206,10 @@ class TransformerTask:
             **self.sampling_kw,
         )
         codes = np.asarray(codes)
-        if jax.process_index() != 0:
-            return
         out_dir.mkdir(parents=True, exist_ok=True)
         h, w = self.grid
         fake_maps = np.asarray(permuter.from_sequence(codes, h, w))
         real_maps = np.asarray(permuter.from_sequence(local["codes"], h, w))
-        codec = self.codec()
         if codec is None:
             vocab = max(self.model.vocab_size - 1, 1)
             for i in range(len(codes)):

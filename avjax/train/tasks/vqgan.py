@@ -75,7 +75,7 @@ class VQGANTask:
                 f"config.loss.disc_loss must be 'hinge' or 'vanilla', got {weights.disc_loss!r}"
             )
         self._d_loss = gan.hinge_d_loss if weights.disc_loss == "hinge" else gan.vanilla_d_loss
-        self._reconstruct = jax.jit(self.reconstruct)
+        self._reconstruct_first = jax.jit(self.reconstruct_first, static_argnums=2)
 
     @classmethod
     def from_config(cls, config, lpaps_stats, lpaps_backbone=None) -> VQGANTask:
@@ -276,14 +276,22 @@ class VQGANTask:
         )
         return xrec[..., 0], info["indices"]
 
+    def reconstruct_first(self, state, x, num: int):
+        """The first `num` clips of a [B, F, T] batch and their reconstructions, [num, F, T]."""
+        return x[:num], self.reconstruct(state, x[:num])[0]
+
     def write_samples(self, state, batch, writer, step, out_dir: pathlib.Path, num: int = 4):
-        from avjax import images
+        """Input-vs-reconstruction PNGs of the batch's first clips, one Griffin-Lim wav.
+
+        Every process runs the (sharded) reconstruction and gathers its `num` clips; process
+        0 writes.
+        """
+        from avjax import images, multihost
         from avjax.audio import griffin_lim, io
 
-        x = jax.device_get(batch["image"])[:num]
-        if jax.process_index() != 0:
+        x, xrec = multihost.to_host(self._reconstruct_first(state, batch["image"], num))
+        if not multihost.is_main():
             return
-        xrec, _ = jax.device_get(self._reconstruct(state, jnp.asarray(x)))
         out_dir.mkdir(parents=True, exist_ok=True)
         for i in range(len(x)):
             pair = images.mel_pair(x[i], xrec[i])

@@ -1,0 +1,141 @@
+"""Runs `launch/train.py`'s main as process I of N over localhost (the multi-process tests).
+
+  python tests/multihost_harness.py PORT I N DEVICES -- [launch/train.py flags]
+
+Each process gets DEVICES fake CPU devices and CPU collectives (gloo), and initialises
+`jax.distributed` itself with the coordinator on localhost:PORT (N = 1: no distributed
+set-up), so the launcher's own multi-host flags are not involved. With N > 1 the
+persistent compilation cache is off (a process that finds its programs there races ahead
+of one that compiles, and the CPU collectives' set-up gave up between them) and the
+collectives' time-outs are raised. `run_processes` starts the N processes and waits for
+them with a time limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 900  # collectives set-up and stragglers on a loaded 2-core machine
+CONFIG_UPDATE = "AVJAX_TEST_CONFIG_UPDATE"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _xla_flags(devices: int) -> str:
+    kept = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
+    return " ".join(
+        [
+            *kept,
+            f"--xla_force_host_platform_device_count={devices}",
+            f"--xla_cpu_collective_timeout_seconds={TIMEOUT_S}",
+            f"--xla_cpu_collective_call_terminate_timeout_seconds={TIMEOUT_S}",
+        ]
+    )
+
+
+def run_processes(
+    num_processes: int,
+    devices: int,
+    args: list[str],
+    config_update: dict | None = None,
+    timeout: float = TIMEOUT_S,
+) -> list[subprocess.CompletedProcess]:
+    """Runs `launch/train.py args` as `num_processes` processes; their completed results.
+
+    `config_update` ({field: value}, dicts become sections) is set on the parsed config
+    before training: fields a locked config cannot take from the command line, such as
+    `evals`. All processes are killed when one fails or the time limit passes (so a hung
+    collective never blocks the suite).
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": _xla_flags(devices),
+        CONFIG_UPDATE: json.dumps(config_update or {}),
+    }
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(k, None)
+    with contextlib.ExitStack() as stack:
+        # Output goes to files: a full pipe would block a chatty process.
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(num_processes)]
+        argv = [sys.executable, __file__, str(port), "I", str(num_processes), str(devices), "--"]
+        procs = []
+        for i, log in enumerate(logs):
+            argv[3] = str(i)
+            procs.append(
+                subprocess.Popen(
+                    [*argv, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        deadline = time.monotonic() + timeout
+        try:
+            while any(p.poll() is None for p in procs):
+                if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                    break
+                time.sleep(0.5)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        out = []
+        for p, log in zip(procs, logs):
+            p.wait()
+            log.seek(0)
+            out.append(subprocess.CompletedProcess(p.args, p.returncode, log.read(), None))
+        return out
+
+
+def main():
+    port, index, count, devices = (int(a) for a in sys.argv[1:5])
+    assert sys.argv[5] == "--", sys.argv
+    os.environ["XLA_FLAGS"] = _xla_flags(devices)
+    sys.path.insert(0, str(REPO))
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if count > 1:
+        jax.config.update("jax_enable_compilation_cache", False)
+        jax.distributed.initialize(
+            f"localhost:{port}",
+            num_processes=count,
+            process_id=index,
+            initialization_timeout=TIMEOUT_S,
+        )
+    import ml_collections
+    from absl import flags
+
+    from launch import common, train
+
+    update = json.loads(os.environ.get(CONFIG_UPDATE) or "{}")
+
+    def main_updated(argv):
+        with flags.FLAGS.config.unlocked():
+            for k, v in update.items():
+                flags.FLAGS.config[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+        return train.main(argv)
+
+    sys.argv = [str(REPO / "launch" / "train.py"), *sys.argv[6:]]
+    common.run(main_updated)
+
+
+if __name__ == "__main__":
+    main()
