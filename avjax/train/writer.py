@@ -105,7 +105,9 @@ class MetricWriter:
 
     def audio(self, step: int, tag: str, wave: np.ndarray, sample_rate: int):
         if self._tb_ok():
-            self._tb.add_audio(tag, np.clip(np.asarray(wave, np.float32), -1, 1), step, sample_rate)
+            from avjax.audio.io import fit_full_scale  # scaled, never hard-clipped
+
+            self._tb.add_audio(tag, fit_full_scale(wave), step, sample_rate)
 
     def text(self, step: int, tag: str, text: str):
         if self._tb_ok():
