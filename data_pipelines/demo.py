@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from data_pipelines import base, features, inputs, synthetic_audio
+from data_pipelines import base, features, synthetic_audio
 
 __all__ = ["DemoExample", "demo_example"]
 
@@ -39,10 +39,12 @@ def demo_example(index: int = 0) -> DemoExample:
     """
     from avjax.audio import io as audio_io
 
-    videos = inputs.demo_videos()  # also writes the ResNet-50-layout features
+    root = base.synthetic_specs_dir()  # as data_pipelines.inputs.demo_videos()
+    synthetic_audio.add_synthetic_features(root, "resnet50")
+    videos = synthetic_audio.add_synthetic_videos(root, "valid")
     video = videos[index % len(videos)]
     class_name, vid = video.parent.parent.name, video.stem
-    mel_dir = base.synthetic_specs_dir() / class_name / "melspec_10s_22050hz"
+    mel_dir = root / class_name / "melspec_10s_22050hz"
     wav = base.cache_dir() / "demo" / f"{class_name}_{vid}.wav"
     if not wav.exists():
         wav.parent.mkdir(parents=True, exist_ok=True)
