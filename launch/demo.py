@@ -23,6 +23,7 @@ tests run it).
 
 import json
 import pathlib
+import resource
 import shutil
 import subprocess
 import sys
@@ -243,7 +244,9 @@ def main(argv):
         ("Sound2Sight: truth | best | samples", _latest_samples(workdir / "sound2sight", "*.gif")),
     ]
     times = ", ".join(f"{k} {v:.0f} s" for k, v in stages.times.items())
-    print(f"\ndemo done in {total / 60:.1f} min ({times})")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (usage.ru_utime + usage.ru_stime) / 60  # the stages' CPU time, whatever the load
+    print(f"\ndemo done in {total / 60:.1f} min, {cpu:.1f} CPU-min ({times})")
     print(f"runs in {workdir}/ (tensorboard --logdir {workdir})")
     print("open:")
     for what, path in opens:
