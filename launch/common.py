@@ -406,6 +406,8 @@ _NOISE = (
     # Orbax naming a checkpoint item a read-only load skips on purpose (the data iterator,
     # when codec.py / sample.py / evaluate.py read the weights): the weights restore fine.
     "was found in the checkpoint, but could not be restored",
+    # TFDS looking into the temporary folder while an embedded dataset is being built.
+    "has no dataset_info.json",
 )
 
 

@@ -184,6 +184,8 @@ def test_console_filter_keeps_what_needs_action():
     assert not _console_filter(record("absl", logging.WARNING, skipped, orbax))
     assert not _console_filter(record("absl", logging.INFO, "Saving item", orbax))
     assert _console_filter(record("absl", logging.WARNING, "disk almost full", orbax))
+    tfds = "Variant folder /c/.m3so-x/avjax_m3so/1.0.0 has no dataset_info.json"
+    assert not _console_filter(record("absl", logging.WARNING, tfds))
     assert _console_filter(record("absl", logging.INFO, "step 5/20  1.00 steps/s"))
     line = _ConsoleFormatter().format(record("absl", logging.WARNING, "check this"))
     assert re.fullmatch(r"\d\d:\d\d:\d\d warning: check this", line)
