@@ -1,12 +1,12 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
-#   make demo   # trains the tiny SpecVQGAN codebook on embedded synthetic data, resumes, decodes
+#   make demo   # tiny models on embedded clips, ending with a video whose sound avjax generated
 #   make test   # the whole test suite (8 fake CPU devices)
 #   make notebook; make app   # notebooks/quickstart executed, then the web app on its runs
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO := workdirs/demo_specvqgan_tiny
+DEMO := workdirs/demo
 QUICKSTART := workdirs/quickstart
 PORT ?= 7860
 
@@ -20,17 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# Every stage prints its command first (launch/demo.py); the last lines name the files to open.
 demo: $(STAMP)
-	rm -rf $(DEMO)
-	@echo "== 1/3 train 20 steps (checkpoints at 10 and 20)"
-	$(PY) launch/train.py --config configs/specvqgan_vggsound.py:tiny --workdir $(DEMO)
-	@echo "== 2/3 resume from step 20 and continue to 40"
-	$(PY) launch/train.py --config configs/specvqgan_vggsound.py:tiny --workdir $(DEMO) \
-	    --config.train.num_steps=40
-	@echo "== 3/3 encode a clip to codes and decode it back (wav + png)"
-	$(PY) launch/codec.py --workdir $(DEMO) --out $(DEMO)/codec \
-	    --input $$($(PY) -c 'from data_pipelines.inputs import demo_clip; print(demo_clip())')
-	@echo "demo run: $(DEMO) (tensorboard --logdir $(DEMO)/tensorboard)"
+	$(PY) launch/demo.py --workdir $(DEMO)
 
 # notebooks/quickstart.py run top to bottom (tiny runs in $(QUICKSTART)/, a few minutes on
 # CPU), saved with its outputs (pictures, audio and video players) as $(QUICKSTART)/quickstart.ipynb.

@@ -38,17 +38,21 @@ def write_audio_sample(
     wave: np.ndarray,
     sample_rate: int,
     video: str | pathlib.Path | None = None,
+    title: str | None = None,
 ) -> dict[str, pathlib.Path]:
     """One generated sound: `stem.wav`, `stem.png` and, given `video`, `stem.mp4`.
 
     Args:
       stem: output path without suffix (its folder is created).
       mel01: the log-mel [80, T] in [0, 1]; the PNG is drawn at 2x, low frequencies at
-        the bottom.
-      wave: the waveform [N] in [-1, 1] (16-bit PCM in the WAV).
+        the bottom, or, given `title`, as a labelled figure (`images.mel_figure`: seconds,
+        mel bins, dB colour bar).
+      wave: the waveform [N]; it is peak-normalised (-0.45 dBFS: a generated sound's level
+        is arbitrary, and nothing is ever hard-clipped) for the WAV (16-bit PCM) and MP4.
       sample_rate: of `wave`.
       video: its picture track is copied (no re-encode) under `wave` as the sound track,
         as long as the shorter of the two.
+      title: the labelled figure's title (None: the plain 2x picture).
 
     Returns:
       {"wav": path, "png": path[, "mp4": path]}.
@@ -56,8 +60,12 @@ def write_audio_sample(
     stem = pathlib.Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = {"wav": stem.with_suffix(".wav"), "png": stem.with_suffix(".png")}
+    wave = audio_io.peak_normalize(wave)
     audio_io.write_wav(out["wav"], wave, sample_rate)
-    images.save_png(out["png"], np.asarray(mel01)[::-1], scale=2)
+    if title is None:
+        images.save_png(out["png"], np.asarray(mel01)[::-1], scale=2)
+    else:
+        images.save_png(out["png"], images.mel_figure([mel01], [title]))
     if video is not None:
         out["mp4"] = stem.with_suffix(".mp4")
         video_io.replace_audio(video, *for_aac(wave, sample_rate), out["mp4"])

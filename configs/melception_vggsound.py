@@ -9,7 +9,7 @@ VGGSound test split; ours not measured at full scale (CPU-only development).
 
   python launch/train.py --config configs/melception_vggsound.py --workdir workdirs/melception \
       --config.data.dir=/data/vggsound --config.data.labels_csv=/data/vggsound.csv
-Import the released weights instead (`melception-21-05-10T09-28-40.pt`, needs the torch extra):
+Import the released weights instead (`melception-21-05-10T09-28-40.pt`, read without PyTorch):
   python launch/convert_checkpoint.py --kind melception --torch melception.pt --out W \
       --config configs/melception_vggsound.py \
       --config.data.mel_stats_file=train_means_stds_melspec_10s_22050hz.txt
@@ -17,7 +17,8 @@ The stats file is the official per-bin [0, 1]-mel mean/std table (80 rows `mean 
 `specvqgan/modules/losses/vggishish/data/`; W then scores with
 `avjax.metrics.melception_scorer.MelceptionScorer.from_path(W)`.
 
-CPU smoke run (narrow network, embedded synthetic clips):
+CPU smoke run (narrow network, embedded synthetic clips, 80x64 crops: it scores the
+`:tiny` SpecVQGAN chain with `launch/evaluate.py --melception workdirs/mel_tiny`):
   python launch/train.py --config configs/melception_vggsound.py:tiny --workdir workdirs/mel_tiny
 """
 
@@ -48,7 +49,10 @@ def get_config(arg: str | None = None):
     if args["tiny"]:
         c.model.num_classes = 5
         c.model.width = 0.0625  # 2048 -> 128 pool features
-        c.data.crop_frames = 80  # 80x80: the smallest input the aux head (5x5 conv) accepts
+        # 80x64: the `:tiny` codebook's window, so `launch/evaluate.py` scores the tiny chain
+        # (the aux head, never trained on, needs >= 80x80 and is left out)
+        c.data.crop_frames = 64
+        c.model.aux_logits = False
         c.data.global_batch_size = 8
         c.optim.lr = 1e-3
         c.train.num_steps = 20

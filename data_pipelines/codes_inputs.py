@@ -110,8 +110,31 @@ def _check_feature_files(paths: Sequence[Sequence[pathlib.Path]], split: str):
     if missing:
         raise MissingFileError(
             f"{missing[0]}: feature file not found ({len(missing)} feature files of split "
-            f"{split!r} are missing; config.data.features selects which features are read)"
+            f"{split!r} are missing; config.data.features selects which features are read). "
+            + how_to_make_features(feats_lib.folder_kind(missing[0]))
         )
+
+
+RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+
+
+def how_to_make_features(kind: str | None) -> str:
+    """One sentence: which command writes the features of `kind`, or what to do instead."""
+    if kind == "resnet50":
+        return (
+            "Make them with `python launch/preprocess.py --videos V --out DIR "
+            "--resnet50_weights resnet50-0676ba61.pth` (torchvision's ImageNet ResNet-50, "
+            f"{RESNET50_URL}; read without PyTorch), or train without features: "
+            "--config.data.features=none"
+        )
+    if kind == "bninception":
+        return (
+            "avjax does not compute BN-Inception rgb+flow features (they need the official "
+            "RegNet optical-flow recipe): use the released ones, or ResNet-50 features "
+            "(--config.data.features=resnet50, made by launch/preprocess.py "
+            "--resnet50_weights)"
+        )
+    return "See the README (Data) for the feature layouts."
 
 
 def open_codes_source(

@@ -33,10 +33,12 @@ from data_pipelines.spec_folders import MEL_SUBDIR
 __all__ = [
     "FEATURE_DIRS",
     "FeatureSpec",
+    "check_feature_kind",
     "clip_feature_paths",
     "condition",
     "crop_rows",
     "features_from_file",
+    "folder_kind",
     "load_clip_features",
     "load_feature_pkl",
     "pad_or_trim",
@@ -174,17 +176,58 @@ def tile_or_crop(x: np.ndarray, length: int) -> np.ndarray:
     return np.tile(x, (reps, 1))[:length] if reps > 1 else x[:length]
 
 
+def folder_kind(path: str | os.PathLike) -> str | None:
+    """The feature kind of an official feature folder a file sits in, or None.
+
+    `.../feature_resnet50_dim2048_21.5fps/x.pkl` -> "resnet50"; the BN-Inception rgb and
+    flow folders -> "bninception"; any other folder -> None.
+    """
+    name = Path(path).parent.name
+    return next((k for k, dirs in FEATURE_DIRS.items() for d, _ in dirs if d == name), None)
+
+
+def check_feature_kind(path: str | os.PathLike, width: int, kind: str) -> None:
+    """Refuses a feature file of another kind than the run was trained on.
+
+    The kind is read from the official folder name (`folder_kind`); a file elsewhere is
+    judged by its width: 1024 columns are BN-Inception (rgb or flow), never ResNet-50.
+    A BN-Inception flow file is refused too (give the rgb one: its flow twin is found).
+
+    Raises:
+      UserError naming the file, what it is and what the run needs.
+    """
+    found = folder_kind(path) or ("bninception" if width == 1024 else None)
+    expected = {
+        "resnet50": f"{RESNET50}/<id>.pkl, [215, 2048]",
+        "bninception": f"{RGB_BNINCEPTION}/<id>.pkl (its flow twin beside it)",
+    }
+    if found is not None and found != kind:
+        raise UserError(
+            f"{path}: {found} features ({width}-d), but this run was trained on {kind} "
+            f"features: give {expected.get(kind, kind)}, or a run trained on {found} "
+            f"(config.data.features={found!r})"
+        )
+    if kind == "bninception" and Path(path).parent.name == FLOW_BNINCEPTION:
+        raise UserError(f"{path}: a BN-Inception flow file; give the rgb one ({expected[kind]})")
+
+
 def read_feature_streams(
-    path: str | os.PathLike, dim: int, flow: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    dim: int,
+    flow: str | os.PathLike | None = None,
+    kind: str | None = None,
 ) -> list[np.ndarray]:
     """A user-given feature file (and its flow twin when needed) -> streams summing to `dim`.
 
     For `launch/sample.py --features`: a ResNet-50 pkl [T, 2048], a BN-Inception rgb pkl whose
     flow pkl is `flow` or found in the sibling `feature_flow_...` folder, or an already
-    concatenated [T, dim] array.
+    concatenated [T, dim] array. With `kind` (the run's `config.data.features`), a file of
+    another kind is refused (`check_feature_kind`).
     """
     path = Path(path)
     x = load_feature_pkl(path)
+    if kind is not None:
+        check_feature_kind(path, x.shape[1], kind)
     if x.shape[1] == dim:
         return [x]
     if flow is None and path.parent.name == RGB_BNINCEPTION:
@@ -273,8 +316,8 @@ def visual_streams(
     """
     if spec.kind == "none":
         return None
-    if features:
-        return read_feature_streams(features, spec.dim, flow)
+    if features:  # refused when of another kind than the run's
+        return read_feature_streams(features, spec.dim, flow, spec.kind)
     if not video:
         raise UserError(
             f"this run is conditioned on {spec.kind} features: give the clip's feature file "
@@ -293,9 +336,9 @@ def visual_streams(
     if extractor is None:
         raise UserError(
             f"{Path(video).name}: no feature file beside it, and computing them needs real "
-            "ResNet-50 weights: give the clip's feature file (.pkl) or --resnet50_weights (a "
-            "torchvision ImageNet resnet50 state dict; .pth needs the torch extra, an .npz "
-            "of the same keys works without)"
+            "ResNet-50 weights: give the clip's feature file (.pkl) or --resnet50_weights "
+            "(torchvision's ImageNet resnet50-0676ba61.pth, read without PyTorch, or an .npz "
+            "of the same keys)"
         )
     # As the official demo (`LeftmostCropOrTile`): a short clip's frames repeat from its start.
     x = extractor(video)

@@ -33,6 +33,7 @@ __all__ = [
     "detect_layout",
     "load_mel_npy",
     "open_spec_source",
+    "split_lists",
 ]
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,43 @@ def _resolve_split_file(split: str, prefix: str, dirs: Sequence[Path], data_dir:
     return found
 
 
+def split_lists(data_dir: str | os.PathLike, layout: str = "auto") -> dict[str, Path]:
+    """The split lists a dataset folder has: {"train" | "valid" | "test": path}.
+
+    Searched where `open_spec_source` looks (DIR, and for VAS its `features/` parent).
+    """
+    data_dir = Path(data_dir)
+    if layout == "auto":
+        layout = detect_layout(data_dir)
+    if layout == "vas":
+        root = _vas_root(data_dir) or data_dir
+        search = list(dict.fromkeys([data_dir, root, root.parent]))
+    else:
+        search = list(dict.fromkeys([data_dir, data_dir.parent]))
+    found = {s: _find_file(f"{layout}_{s}.txt", search) for s in ("train", "valid", "test")}
+    return {s: f for s, f in found.items() if f is not None}
+
+
+def _other_split_hint(data_dir: Path, split: str, layout: str) -> str:
+    """`; its clips are listed in vas_valid.txt: ...` when another split has files here."""
+    for other, path in split_lists(data_dir, layout).items():
+        if other == split:
+            continue
+        quiet, log.disabled = log.disabled, True  # its skipped-ids warning is not news here
+        try:
+            src = open_spec_source(data_dir, other, layout, split_file=path)
+        except (OSError, ValueError):
+            continue
+        finally:
+            log.disabled = quiet
+        role = "train_split" if split == "train" else "eval_split"
+        return (
+            f"; the {len(src)} clips here are listed in {path.name} (e.g. the official VAS "
+            f"sample folder): use them with --config.data.{role}={other}"
+        )
+    return ""
+
+
 def _open_vas(data_dir: Path, split: str, split_file: Path | None):
     root = _vas_root(data_dir)
     if root is None:
@@ -284,9 +322,10 @@ def open_spec_source(
             "listed files are missing; pass strict=False to skip them)"
         )
     if len(missing) == len(paths):
+        hint = _other_split_hint(data_dir, split, layout) if split_file is None else ""
         raise UserError(
             f"{data_dir}: split {split!r} resolves to zero files (split list {sf} has "
-            f"{len(paths)} entries, none found on disk)"
+            f"{len(paths)} entries, none found on disk){hint}"
         )
     if missing:
         log.warning(

@@ -1,12 +1,14 @@
 """Encodes a clip with a trained codebook into code indices and decodes it back.
 
-  python launch/codec.py --workdir workdirs/codebook --input clip.mp4 --out out/
+  python launch/codec.py --workdir workdirs/codebook --input clip.mp4 --out workdirs/codec
+      [--vocoder_workdir workdirs/melgan]
 
 Input: a video or audio file (its audio is looped to 10 s at 22050 Hz, as the official
 preprocessing does) or a `*_mel.npy` spectrogram [80, T] in [0, 1]. Writes to --out:
-`<stem>_codes.npy` (int16 [f, t]), `<stem>_mel.png` (input above, reconstruction
-below, low frequencies at the bottom), `<stem>_reconstruction.wav` (Griffin-Lim, or the
-MelGAN vocoder once one is given), and prints the reconstruction error and bitrate.
+`<stem>_codes.npy` (int16 [f, t]), `<stem>_mel.png` (input above, reconstruction below,
+seconds and mel-bin axes, a dB colour bar), `<stem>_reconstruction.wav` (Griffin-Lim, or
+the MelGAN run / official generator of --vocoder_workdir; peak-normalised), and prints the
+reconstruction error and bitrate.
 """
 
 import json
@@ -19,9 +21,10 @@ import numpy as np
 from absl import flags
 
 from avjax import images, paths
-from avjax.audio import griffin_lim, io
+from avjax.audio import io
 from avjax.audio import mel as mel_lib
 from avjax.audio import validate as mel_check
+from avjax.audio.vocoder import load_vocoder, vocode_checked
 from avjax.errors import UserError
 from avjax.models.specvqgan.codec import Codec
 from avjax.runs import read_config
@@ -30,6 +33,9 @@ from launch import common
 flags.DEFINE_string("workdir", None, "codebook training run (config.json + checkpoints/)")
 flags.DEFINE_string("input", None, "video/audio file or *_mel.npy spectrogram")
 flags.DEFINE_string("out", None, "output directory")
+flags.DEFINE_string(
+    "vocoder_workdir", None, "MelGAN run or official generator (default: Griffin-Lim)"
+)
 flags.mark_flags_as_required(["workdir", "input", "out"])
 FLAGS = flags.FLAGS
 MIN_FRAMES = 16  # one code column: the codebook downsamples time by 16
@@ -74,6 +80,10 @@ def main(argv):
         raise UserError(f"--out: {out} exists and is not a directory")
     mel = load_mel(src)  # bad input stops here, before the checkpoint is read
     try:
+        vocoder = load_vocoder(FLAGS.vocoder_workdir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--vocoder_workdir: {e}") from None
+    try:
         codec = Codec.from_workdir(workdir)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"--workdir: {e}") from e
@@ -83,11 +93,12 @@ def main(argv):
     stem = src.stem.removesuffix("_mel")
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / f"{stem}_codes.npy", codes.astype(np.int16))
-    images.save_png(
-        out / f"{stem}_mel.png", np.concatenate([mel[::-1], rec[::-1]], axis=0), scale=2
-    )
-    wave = griffin_lim.mel_to_wave(rec)
-    io.write_wav(out / f"{stem}_reconstruction.wav", wave, mel_lib.DEFAULT.sample_rate)
+    figure = images.mel_figure([mel, rec], [f"input: {src.name}", "reconstruction"])
+    images.save_png(out / f"{stem}_mel.png", figure)
+    waves, notes = vocode_checked(vocoder, rec[None])
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    io.write_wav(out / f"{stem}_reconstruction.wav", waves[0], vocoder.sample_rate, normalize=True)
     report = {
         "input": str(src),
         "codes_shape": list(codes.shape),

@@ -5,11 +5,13 @@ import logging
 import os
 import pathlib
 import sys
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 
 import jax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections.config_flags import config_flags
 
 from avjax.errors import UserError
@@ -108,12 +110,13 @@ def compile_cache_dir() -> str:
 
 
 def setup_jax(multihost: bool = False) -> "Multihost | None":
-    """Multi-host init first (from the `--multihost` flags), then the compilation cache.
+    """Quiet logs, multi-host init (from the `--multihost` flags), then the compilation cache.
 
     Initialises `jax.distributed` when `multihost` or any of the explicit flags is given
     (launchers that run multi-process call `define_multihost_flags()`); returns what it
     was initialised with, or None.
     """
+    quiet_logs()  # before JAX starts its backends (their probing is noise)
     args = None
     if multihost or _multihost_flags_given():
         args = init_multihost(
@@ -125,7 +128,6 @@ def setup_jax(multihost: bool = False) -> "Multihost | None":
         )
     jax.config.update("jax_compilation_cache_dir", compile_cache_dir())
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    logging.getLogger("absl").addFilter(_quiet_library_info)
     return args
 
 
@@ -396,11 +398,54 @@ def init_multihost(
 
 
 _CHATTY = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+# Library messages that read like problems but need no action, at any level:
+_NOISE = (
+    # JAX probing for a TPU runtime at every start on a machine without one (a GPU
+    # backend that fails to start is still reported).
+    "Unable to initialize backend 'tpu'",
+    # Orbax naming a checkpoint item a read-only load skips on purpose (the data iterator,
+    # when codec.py / sample.py / evaluate.py read the weights): the weights restore fine.
+    "was found in the checkpoint, but could not be restored",
+    # TFDS looking into the temporary folder while an embedded dataset is being built.
+    "has no dataset_info.json",
+)
 
 
-def _quiet_library_info(record: logging.LogRecord) -> bool:
-    """Drops INFO lines from Orbax and TFDS (dozens per checkpoint); keeps warnings."""
-    return record.levelno >= logging.WARNING or not any(c in record.pathname for c in _CHATTY)
+def _console_filter(record: logging.LogRecord) -> bool:
+    """What reaches the console: our INFO lines, and warnings a user can act on.
+
+    Drops INFO lines from Orbax and TFDS (dozens per checkpoint) and from JAX, and the
+    library messages in `_NOISE` at any level.
+    """
+    if record.levelno < logging.WARNING and (
+        record.name.startswith("jax") or any(c in record.pathname for c in _CHATTY)
+    ):
+        return False
+    return not any(n in record.getMessage() for n in _NOISE)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """`HH:MM:SS message`, with `warning: ` / `error: ` before the message above INFO."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        text = f"{clock} {level}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def quiet_logs() -> None:
+    """Short console lines (`_ConsoleFormatter`) and only the messages worth reading.
+
+    Filters absl's handler, which prints every Python logger's records: whatever a filter
+    drops is noise, not a hidden error (`_console_filter`). Idempotent.
+    """
+    handler = absl_logging.get_absl_handler()
+    if _console_filter not in handler.filters:
+        handler.addFilter(_console_filter)
+    handler.setFormatter(_ConsoleFormatter())
 
 
 def default_workdir(argv) -> pathlib.Path:

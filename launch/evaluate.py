@@ -7,7 +7,10 @@
 
 Reads W/config.json, builds the split's data with `data_pipelines` and the model from the
 run, runs the evaluator, prints its markdown tables and writes W/eval/<split>.json and .md
-(with --compare also W/eval/<split>_compare.json and .md).
+(with --compare also W/eval/<split>_compare.json and .md). The split defaults to `test`
+when the data has one, else the run's `config.data.eval_split` (`launch/preprocess.py`
+writes train and valid lists only). A Melception that scores more mel frames than the
+run's codebook decodes is refused before anything is sampled.
 """
 
 import pathlib
@@ -27,7 +30,9 @@ from avjax.evals.video_prediction import VideoPredictionEvaluator, compare_markd
 from launch import common
 
 flags.DEFINE_string("workdir", None, "trained run directory (its config.json names the task)")
-flags.DEFINE_string("split", "test", "data split to evaluate")
+flags.DEFINE_string(
+    "split", None, "data split (default: test when the data has one, else config.data.eval_split)"
+)
 flags.DEFINE_integer("num_samples", None, "samples per clip (default: the task's)")
 flags.DEFINE_integer("batch_size", None, "clips per jitted batch (default: the task's)")
 flags.DEFINE_integer("max_clips", None, "evaluate only the first N clips of the split")
@@ -190,6 +195,7 @@ def audio_generation(config, workdir: pathlib.Path) -> tuple[dict, str]:
         generator = Video2Sound.from_workdir(workdir)
     except (OSError, ValueError) as e:
         raise UserError(f"--workdir: {e}") from None
+    check_lengths(generator.codec.crop_frames, scorer)  # before any sampling
     evaluator = ag.AudioGenerationEvaluator.from_config(
         config,
         generator,
@@ -201,6 +207,33 @@ def audio_generation(config, workdir: pathlib.Path) -> tuple[dict, str]:
     )
     result = evaluator.evaluate(clips, split=FLAGS.split, workdir=workdir)
     return result, evaluator.markdown(result)
+
+
+def check_lengths(decoded_frames: int, scorer) -> None:
+    """Refuses a Melception that scores more mel frames than the codebook decodes."""
+    need = scorer.crop_frames  # an avjax Melception run: its training crop; official: 848
+    if decoded_frames < need:
+        raise UserError(
+            f"--melception: it scores {need} mel frames, but this run's codebook decodes "
+            f"{decoded_frames}: use a Melception trained at {decoded_frames} frames (for the "
+            "`:tiny` chain: python launch/train.py --config configs/melception_vggsound.py:tiny)"
+        )
+
+
+def default_split(config) -> str:
+    """`test` when the run's data has a test split, else `config.data.eval_split`."""
+    if config.task != "transformer":
+        return "test"  # Sound2Sight's datasets (M3SO, preprocess.py --target sound2sight)
+    from data_pipelines import codes_inputs, spec_folders
+
+    try:
+        lists = spec_folders.split_lists(codes_inputs.resolve_data_dir(config), config.data.layout)
+    except (OSError, ValueError):
+        return "test"  # the data's own error follows, naming what is missing
+    if "test" in lists:
+        return "test"
+    print(f"note: the data has no test split list; evaluating {config.data.eval_split!r}")
+    return config.data.eval_split
 
 
 # Evaluator class -> what this launcher reads for it (data, model) and runs.
@@ -227,6 +260,8 @@ def main(argv):
             f"--workdir: {workdir} is a {config.get('task')!r} run; evaluate.py takes runs of "
             f"the tasks {sorted(EVALUATORS)} (SpecVQGAN transformer, Sound2Sight)"
         )
+    if FLAGS.split is None:
+        FLAGS.split = default_split(config)
     if FLAGS.compare and evaluator is not VideoPredictionEvaluator:
         raise UserError("--compare takes video-prediction runs (Sound2Sight, MCAV)")
     others = compare_configs(config, workdir)

@@ -46,7 +46,8 @@ _VALID = flags.DEFINE_float(
 _RESNET50 = flags.DEFINE_string(
     "resnet50_weights",
     None,
-    "torchvision ResNet-50 state dict (.pth needs torch, .npz without): also write "
+    "torchvision ImageNet ResNet-50 state dict (resnet50-0676ba61.pth from "
+    "https://download.pytorch.org/models/, read without PyTorch; or an .npz): also write "
     "OUT/feature_resnet50_dim2048_21.5fps/<stem>.pkl features at 21.5 fps.",
 )
 _TARGET = flags.DEFINE_enum(

@@ -14,11 +14,16 @@ config names). The condition is, in order of preference:
     to the video), else ResNet-50 features of its frames at 21.5 fps (needs
     --resnet50_weights, an ImageNet torchvision ResNet-50 state dict; a ResNet-50 run);
   neither, for "No Feats" runs (`data.features='none'`): seeded uniform noise.
-Writes DIR/<name>_sample_<i>.wav (22050 Hz), DIR/<name>_sample_<i>.png (log-mel, low
-frequencies at the bottom) and, with --video, DIR/<name>_sample_<i>.mp4: the input video
-with the generated audio. --vocoder_workdir is a MelGAN run or the official generator;
-without it Griffin-Lim inverts the spectrograms (slower, lower quality). --seconds > 10
-continues the audio with a sliding window (per-frame features are windowed with it).
+Writes DIR/<name>_sample_<i>.wav (22050 Hz), DIR/<name>_sample_<i>.png (the log-mel with
+seconds and mel-bin axes and a dB colour bar) and, with --video, DIR/<name>_sample_<i>.mp4:
+the input video with the generated audio. --vocoder_workdir is a MelGAN run or the official
+generator; without it Griffin-Lim inverts the spectrograms (slower, lower quality); a vocoder
+output that is no sound at all (an undertrained MelGAN gives a constant wave) is redone by
+Griffin-Lim with a warning. The audio is peak-normalised (-0.45 dBFS), never clipped.
+The default length is one window of the run's codebook (10 s at the paper's 80x848, 0.74 s
+for the `:tiny` configs' 64 frames); a longer --seconds continues the audio with a sliding
+window (per-frame features are windowed with it). A feature file of another kind than the
+run was trained on (BN-Inception for a ResNet-50 run, or the reverse) is refused.
 """
 
 import pathlib
@@ -56,7 +61,12 @@ flags.DEFINE_float("temperature", None, "softmax temperature (default: config.sa
 flags.DEFINE_integer("top_k", None, "keep the k most likely tokens; 0 = all (default: config)")
 flags.DEFINE_float("top_p", None, "nucleus sampling mass; 1 = off (default: config)")
 flags.DEFINE_integer("label", None, "class index, for class-conditioned runs")
-flags.DEFINE_float("seconds", None, "audio length; > 10 s slides the window (default 10 s)")
+flags.DEFINE_float(
+    "seconds",
+    None,
+    "audio length (default: one window of the codebook: 10 s at the paper's 80x848, "
+    "0.74 s for the :tiny configs' 64 frames); longer slides the window",
+)
 flags.DEFINE_integer("seed", 0, "sampling seed (same seed, same samples)")
 flags.mark_flags_as_required(["workdir", "out"])
 
@@ -79,16 +89,12 @@ def read_streams(spec) -> list[np.ndarray] | None:
         if FLAGS.features:
             print("note: this run was trained without features ('No Feats'); ignoring them")
         return None
-    if FLAGS.features:
-        folder = pathlib.Path(FLAGS.features).parent.name
-        trained = {d for d, _ in F.FEATURE_DIRS[spec.kind]}
-        if folder.startswith("feature_") and folder not in trained:
-            print(
-                f"warning: {FLAGS.features} is from {folder}/, but this run was trained on "
-                f"{spec.kind} features ({', '.join(sorted(trained))})",
-                file=sys.stderr,
-            )
-    elif FLAGS.video and (found := F.video_feature_paths(FLAGS.video, spec.kind)):
+    # A --features file of another kind than the run's is refused (F.check_feature_kind).
+    if (
+        not FLAGS.features
+        and FLAGS.video
+        and (found := F.video_feature_paths(FLAGS.video, spec.kind))
+    ):
         print(f"using the features beside the video: {', '.join(map(str, found))}")
     extractor = None
     if FLAGS.resnet50_weights:
@@ -107,7 +113,7 @@ def main(argv):
     import jax
     from tqdm import tqdm
 
-    from avjax.audio.vocoder import load_vocoder
+    from avjax.audio.vocoder import load_vocoder, vocode_checked
     from avjax.models.specvqgan.video2sound import Video2Sound
     from avjax.samples import write_audio_sample
     from avjax.video import io as video_io
@@ -161,7 +167,7 @@ def main(argv):
     bar.update(1)
     bar.set_description(f"vocoding ({getattr(vocoder, 'name', 'vocoder')})")
     t0 = time.perf_counter()
-    waves = np.asarray(vocoder(mels))
+    waves, notes = vocode_checked(vocoder, mels)  # no sound at all: redone by Griffin-Lim
     t_vocode = time.perf_counter() - t0
     bar.update(1)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,10 +175,14 @@ def main(argv):
     written = []
     for i, (mel, wave) in enumerate(zip(mels, waves)):
         bar.set_description(f"writing sample {i}")
-        files = write_audio_sample(out / f"{name}_sample_{i}", mel, wave, sr, FLAGS.video)
+        title = f"{name}, sample {i} (seed {FLAGS.seed})"  # a labelled picture
+        stem = out / f"{name}_sample_{i}"
+        files = write_audio_sample(stem, mel, wave, sr, FLAGS.video, title=title)
         written += list(files.values())
         bar.update(1)
     bar.close()
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     seconds = waves.shape[1] / sr
     print(
         f"{FLAGS.num_samples} sample(s) of {seconds:.2f} s: sampling {t_sample:.2f} s, "

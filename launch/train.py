@@ -28,7 +28,7 @@ from ml_collections import config_flags
 
 from avjax import multihost, paths
 from avjax.models.specvqgan.code_encoder import CodeEncoder
-from avjax.train import loop, schedule
+from avjax.train import loop, progress, schedule
 from avjax.train.tasks import make_task
 from avjax.train.validate import check_config
 from data_pipelines.inputs import ModelFns, make_inputs
@@ -76,7 +76,11 @@ def main(argv):
         )
         sys.exit(128 + signal.Signals[last["stopped_by"]].value)
     if jax.process_index() == 0:
-        logging.info("final metrics: %s", last)
+        metrics = {k: v for k, v in last.items() if k.startswith("train/")}
+        logging.info(
+            "final train metrics: %s (all of them: metrics.jsonl)",
+            progress.console_metrics(metrics),
+        )
         shown = workdir.resolve() if paths.is_local(workdir) else workdir
         print(f"run written to {shown} (step {last['step']})", flush=True)
 

@@ -358,12 +358,13 @@ def test_tiny_melception_trains_and_scores(tmp_path):
     feats = scorer.features(mel01)
     assert feats["2048"].shape == (3, 128) and feats["logits"].shape == (3, 5)
     assert feats["logits_unbiased"].shape == (3, 5)
-    # The same as standardising and cropping (columns 6..853) by hand; identity stats reuse the
-    # compiled function.
+    # The same as standardising and centre-cropping to the run's 64 training frames (columns
+    # 398..461) by hand; identity stats reuse the compiled function.
+    assert scorer.crop_frames == c.data.crop_frames == 64
     mean, std = inputs.stats["mean"], inputs.stats["std"]
-    x = (mel01[:, :, 6:854] - mean[:, None]) / std[:, None]
+    x = (mel01[:, :, 398:462] - mean[:, None]) / std[:, None]
     ident = {"mean": np.zeros(80, np.float32), "std": np.ones(80, np.float32)}
-    by_hand = MelceptionScorer(scorer.model, scorer.variables, ident, batch_size=2).features(x)
+    by_hand = MelceptionScorer(scorer.model, scorer.variables, ident, 2, 64).features(x)
     for k in feats:
         np.testing.assert_allclose(feats[k], by_hand[k], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
@@ -384,6 +385,8 @@ def test_imported_checkpoint_scores_through_workdir(tmp_path):
     np.savetxt(tmp_path / "stats.txt", table)
     c.data.mel_stats_file = str(tmp_path / "stats.txt")
     sd = torch_state_dict(c.model.width, c.model.num_classes, rng=np.random.default_rng(1))
+    assert not c.model.aux_logits  # :tiny (80x64 crops) has no aux head: drop its weights
+    sd = {k: v for k, v in sd.items() if not k.startswith("AuxLogits.")}
     state = melception_from_torch({"model": sd}, c)
     save_imported(tmp_path / "imported", c.to_json(indent=2), state)
     scorer = MelceptionScorer.from_path(tmp_path / "imported", batch_size=2)

@@ -24,6 +24,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from avjax import images
 from avjax.checkpoints import save_imported
 from avjax.errors import UserError
 from avjax.models.specvqgan.vqgan import make_model
@@ -138,9 +139,10 @@ def test_sample_cli_video_to_sound(runs, vas_samples):
     assert "%|" in proc.stderr  # the tqdm progress bar
     for i in range(2):
         wave, sr = sf.read(out / f"{vid}_sample_{i}.wav")
-        assert sr == SR and wave.shape == (FRAMES * 256,) and np.abs(wave).max() > 1e-3
+        assert sr == SR and wave.shape == (FRAMES * 256,)
+        assert abs(np.abs(wave).max() - 0.95) < 1e-3  # peak-normalised, nothing clipped
         png = Image.open(out / f"{vid}_sample_{i}.png")
-        assert png.size == (2 * FRAMES, 2 * 80)
+        assert png.size == images.mel_figure_size(FRAMES, 80, 1)[::-1]  # labelled figure
         with av.open(str(out / f"{vid}_sample_{i}.mp4")) as c:
             assert c.streams.video and c.streams.audio
             assert c.streams.audio[0].rate == SR
@@ -164,12 +166,18 @@ def test_sample_cli_clear_errors(runs, vas_samples, tmp_path):
     bad.write_bytes(b"not a pickle")
     proc = _cli(*args, f"--features={bad}", check=False)
     assert proc.returncode != 0 and "broken.pkl: not a readable pickled" in proc.stderr
+    # The run is ResNet-50-conditioned: the clip's BN-Inception rgb pkl (whose flow twin would
+    # fit the 2048 width) is refused, before any model is loaded.
+    rgb = vas_samples / "features" / cls / "feature_rgb_bninception_dim1024_21.5fps" / f"{vid}.pkl"
+    proc = _cli(*args, f"--features={rgb}", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "bninception features (1024-d), but this run was trained on resnet50" in proc.stderr
     assert not list(tmp_path.glob("*.wav"))
 
 
 @pytest.fixture(scope="module")
 def melception(runs):
-    """An initialised `:tiny` Melception (80x80 crops, 8 VAS classes)."""
+    """An initialised `:tiny` Melception (80x64 crops, 8 VAS classes)."""
     from avjax.train.tasks.classifier import ClassifierTask
 
     mc = melception_vggsound.get_config("tiny")

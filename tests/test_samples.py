@@ -5,7 +5,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from avjax import samples
+from avjax import images, samples
 from avjax.video import io as video_io
 
 
@@ -28,10 +28,13 @@ def test_write_audio_and_frames_samples(tmp_path):
     files = samples.write_audio_sample(tmp_path / "out" / "s0", mel, wave, sr, clip)
     assert sorted(files) == ["mp4", "png", "wav"]
     got, got_sr = sf.read(files["wav"])
-    assert got_sr == sr and np.abs(got - wave).max() < 1e-4  # 16-bit PCM
+    # 16-bit PCM, peak-normalised: the 0.5-peak tone comes back at 0.95.
+    assert got_sr == sr and np.abs(got - wave * 1.9).max() < 1e-4
     png = np.asarray(Image.open(files["png"]))
     assert png.shape == (160, 32)  # 80 bins x 16 frames at 2x
     assert png[0, 0] > png[-1, 0]  # high mel bins (large values here) drawn at the top
+    titled = samples.write_audio_sample(tmp_path / "out" / "s1", mel, wave, sr, title="s1")
+    assert Image.open(titled["png"]).size == images.mel_figure_size(16, 80, 1)[::-1]
     with av.open(str(files["mp4"])) as c:
         # the shorter of the two: 1 s of sound keeps 21-22 of the 43 frames
         assert c.streams.video[0].frames in (21, 22) and c.streams.audio[0].rate == sr

@@ -172,9 +172,51 @@ def load_audio(path: PathLike, sample_rate: int | None = 22050) -> np.ndarray:
     return mono.astype(np.float32) / 32768.0
 
 
-def write_wav(path: PathLike, wave: np.ndarray, sample_rate: int) -> None:
-    """Writes a [N] (mono) or [N, C] float waveform in [-1, 1] as 16-bit PCM WAV."""
+PEAK = 0.95  # -0.45 dBFS: the headroom the official MelGAN data leaves (0.95 * normalize)
+
+
+def peak_normalize(wave: np.ndarray, peak: float = PEAK) -> np.ndarray:
+    """`wave` scaled so that max |x| == `peak`; an all-zero wave stays zero.
+
+    Args:
+      wave: [N] or [N, C] float samples (one gain for all channels).
+      peak: the target peak, full scale being 1.0.
+
+    Returns:
+      float32, same shape.
+    """
+    wave = np.asarray(wave, np.float32)
+    top = float(np.max(np.abs(wave))) if wave.size else 0.0
+    return wave if top == 0.0 else wave * np.float32(peak / top)
+
+
+def fit_full_scale(wave: np.ndarray, peak: float = PEAK) -> np.ndarray:
+    """`wave` unchanged when it fits in [-1, 1], else scaled down to peak `peak`.
+
+    Never hard-clips: clipping a loud vocoder output turns it into a square wave (SpecVQGAN
+    samples that went past full scale had up to 14 % of their samples at +-1).
+    """
+    wave = np.asarray(wave, np.float32)
+    top = float(np.max(np.abs(wave))) if wave.size else 0.0
+    return peak_normalize(wave, peak) if top > 1.0 else wave
+
+
+def write_wav(
+    path: PathLike, wave: np.ndarray, sample_rate: int, *, normalize: bool = False
+) -> None:
+    """Writes a [N] (mono) or [N, C] float waveform as 16-bit PCM WAV.
+
+    A wave that fits in [-1, 1] is written as it is, a louder one is scaled down to peak
+    `PEAK` (`fit_full_scale`; never hard-clipped); `normalize=True` scales every wave to
+    peak `PEAK` (generated audio, whose level is arbitrary).
+
+    Raises:
+      ValueError naming the file: not [N] or [N, C], or non-finite samples.
+    """
     wave = np.asarray(wave, np.float32)
     if wave.ndim not in (1, 2):
         raise ValueError(f"{os.fspath(path)}: expected a wave [N] or [N, C], got {wave.shape}")
-    sf.write(os.fspath(path), np.clip(wave, -1.0, 1.0), int(sample_rate), subtype="PCM_16")
+    if not np.isfinite(wave).all():
+        raise ValueError(f"{os.fspath(path)}: the wave has NaN or inf samples")
+    wave = peak_normalize(wave) if normalize else fit_full_scale(wave)
+    sf.write(os.fspath(path), wave, int(sample_rate), subtype="PCM_16")

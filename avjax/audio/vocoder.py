@@ -2,7 +2,9 @@
 
 `load_vocoder(None)` inverts spectrograms with Griffin-Lim (slow, phasey, needs no weights);
 `load_vocoder(path)` loads a MelGAN run (trained with `configs/melgan_vggsound.py` or
-imported with `launch/convert_checkpoint.py --kind melgan`).
+imported with `launch/convert_checkpoint.py --kind melgan`). `vocode_checked` vocodes and
+re-does with Griffin-Lim any output that is not sound at all (`output_problem`: an
+undertrained MelGAN gives a constant, DC, wave), saying so.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class MelGANVocoder(Vocoder):
 
     @classmethod
     def from_path(cls, path: str | pathlib.Path, dtype=jnp.float32) -> MelGANVocoder:
-        """From an avjax MelGAN workdir, or an official generator file (.pt needs torch, .npz)."""
+        """From an avjax MelGAN workdir, or an official generator file (.pt or .npz)."""
         from avjax.models.specvqgan import melgan
 
         path = pathlib.Path(path)
@@ -131,7 +133,8 @@ def load_vocoder(path: str | pathlib.Path | None, **kwargs) -> Vocoder:
 
     Args:
       path: an avjax MelGAN run directory (its `config.json` + `checkpoints/`), an official
-        generator state dict (`best_netG.pt`, needs torch; or the same as `.npz`), or None.
+        generator state dict (`best_netG.pt`, read without PyTorch; or the same as `.npz`),
+        or None.
       **kwargs: `GriffinLimVocoder` options when `path` is None (n_iter, seed), else
         `MelGANVocoder.from_path` options (dtype, e.g. jnp.bfloat16 compute).
 
@@ -141,3 +144,62 @@ def load_vocoder(path: str | pathlib.Path | None, **kwargs) -> Vocoder:
     if path is None:
         return GriffinLimVocoder(**kwargs)
     return MelGANVocoder.from_path(path, **kwargs)
+
+
+SILENT_RMS = 1e-4  # -80 dBFS: quieter than the s16 floor of most clips
+MIN_AC_TO_DC = 1.0  # sound has (almost) no DC; a wave whose DC offset exceeds its AC rms is
+# a constant with ripple (a 40-step tiny MelGAN: DC 0.146, AC rms 0.0015)
+SILENT_MEL = 0.25  # a [0, 1] log-mel whose maximum is below this (-75 dB) is silence
+
+
+def output_problem(mel01: np.ndarray, wave: np.ndarray) -> str | None:
+    """Why a vocoded `wave` cannot be the sound of `mel01`, or None when it can.
+
+    Flags non-finite samples, and a near-constant wave (its AC rms below `SILENT_RMS`, or
+    below `MIN_AC_TO_DC` times its DC offset) for a mel that is not silence itself: what an
+    undertrained MelGAN gives (a tiny one after tens of steps outputs DC with a faint ripple).
+
+    Args:
+      mel01: [n_mels, T] log-mel in [0, 1], the vocoder's input.
+      wave: [N] its output.
+    """
+    x = np.asarray(wave, np.float64).reshape(-1)
+    if not np.isfinite(x).all():
+        return f"{int((~np.isfinite(x)).sum())} non-finite samples"
+    if np.max(mel01) < SILENT_MEL:
+        return None  # silence in, (near) silence out is right
+    dc = float(x.mean()) if x.size else 0.0
+    ac = float(np.sqrt(np.mean((x - dc) ** 2))) if x.size else 0.0
+    if ac < SILENT_RMS or ac < MIN_AC_TO_DC * abs(dc):
+        return f"near-constant output (DC {dc:+.3g}, AC rms {ac:.2g}) for a non-silent mel"
+    return None
+
+
+def vocode_checked(
+    vocoder: Vocoder, mel01: np.ndarray, fallback: Vocoder | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """`vocoder(mel01)`, with outputs that are no sound redone by Griffin-Lim.
+
+    Args:
+      vocoder: any `Vocoder`.
+      mel01: [B, n_mels, T] in [0, 1].
+      fallback: the vocoder for flagged outputs (default `GriffinLimVocoder()`).
+
+    Returns:
+      (waves float32 [B, hop * T], one message per redone output naming its index and
+      `output_problem`).
+    """
+    mel01 = np.asarray(mel01, np.float32)
+    waves = np.array(vocoder(mel01), np.float32)
+    notes = []
+    for i, (mel, wave) in enumerate(zip(mel01, waves)):
+        problem = output_problem(mel, wave)
+        if problem is None:
+            continue
+        fallback = fallback or GriffinLimVocoder(spec=vocoder.spec)
+        waves[i] = np.nan_to_num(fallback(mel[None]))[0, : waves.shape[1]]
+        notes.append(
+            f"sample {i}: the {vocoder.name} vocoder gave {problem}; "
+            f"used {fallback.name} instead (train the vocoder longer)"
+        )
+    return waves, notes

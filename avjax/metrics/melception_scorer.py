@@ -81,7 +81,7 @@ class MelceptionScorer:
         Args:
           path: a workdir written by `launch/train.py` with `configs/melception_vggsound.py` or
             by `launch/convert_checkpoint.py --kind melception`; or the official checkpoint
-            (`.pt`/`.pth`, needs the torch extra) or an `.npz` of its state dict.
+            (`.pt`/`.pth`, read without PyTorch) or an `.npz` of its state dict.
           mel_stats: per-bin statistics: a path (the official
             `train_means_stds_melspec_10s_22050hz.txt`, or an `.npz` with mean/std) or a
             {"mean", "std"} dict. Required for a `.pt`; for a workdir it overrides the stats

@@ -7,7 +7,7 @@ to [0, 1] and normalised with the ImageNet mean/std, then torchvision's
 A 10 s clip gives ~215 rows.
 
 The weights are a torchvision ResNet-50 state dict the user supplies (ImageNet weights are not
-shipped): `.pth`/`.pt` (needs the torch extra) or an `.npz` of the same keys (works without).
+shipped): `.pth`/`.pt` (read without PyTorch) or an `.npz` of the same keys.
 The on-disk layout of the features (`.pkl` per clip, folder names) is
 `data_pipelines.visual_features`; `resnet50_extractor` is the function it receives.
 """
@@ -38,7 +38,8 @@ def load_state_dict(weights_path: str | pathlib.Path | None) -> dict[str, np.nda
     if weights_path is None:
         raise ValueError(
             "ResNet-50 features need ImageNet weights: pass a torchvision resnet50 state dict "
-            "(e.g. resnet50-19c8e357.pth from torchvision, or an .npz with the same keys)"
+            "(torchvision's IMAGENET1K_V1 resnet50-0676ba61.pth from "
+            "https://download.pytorch.org/models/, or an .npz with the same keys)"
         )
     path = pathlib.Path(weights_path)
     if not path.is_file():
@@ -96,7 +97,7 @@ def resnet50_features(
 
     Args:
       video_path: any video FFmpeg reads.
-      weights_path: torchvision ResNet-50 state dict (.pth needs torch; .npz works without).
+      weights_path: torchvision ResNet-50 state dict (.pth, read without PyTorch, or .npz).
       fps: frame rate the video is sampled at (21.5 as SpecVQGAN).
       batch_size: frames per jitted call (the last batch is padded, one compiled shape).
       model: the network (default ResNet-50; a smaller ResNet only for tests).

@@ -40,6 +40,7 @@ from avjax import paths
 from avjax.checkpoints import abstract_with_shardings
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
+from avjax.train import progress as progress_lib
 from avjax.train import sharding as shd
 from avjax.train import writer as writer_lib
 from avjax.train.task import Task
@@ -439,7 +440,14 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
 
     finite_fn = jax.jit(_leaf_finite, out_shardings=repl)
     multiprocess = jax.process_count() > 1
-    progress = writer_lib.Progress(tc.num_steps, start)
+    progress = progress_lib.Progress(tc.num_steps, start)
+    # Pauses the ETA leaves out; the first of each names what it compiles.
+    evaluate_ = progress.excluding("evaluating", evaluate, " (compiling the eval step)")
+    run_evaluator_ = progress.excluding("running config.evals", run_evaluator)
+    save_ = progress.excluding("saving a checkpoint", ckpt.maybe_save)
+    write_samples = progress.excluding(
+        "writing samples", task.write_samples, " (compiling the sampler, then drawing)"
+    )
     last: dict = {"step": start}
     sample_batch = None
     signals = _StopSignals(multiprocess)
@@ -448,6 +456,8 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
             batch = next_batch()
             if sample_batch is None:
                 sample_batch = batch
+            if step == start + 1:
+                progress.compiling("the train step")
             # No implicit host<->device copies inside the step (an accidental round trip
             # is an error, as in big_vision); the batch arrives as global arrays.
             with (
@@ -457,6 +467,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
                 state, metrics = train_step(state, batch)
             if step == start + 1:
                 progress.reset(step)
+            progress.update(step)
             ckpt.check()  # a failed background save is reported one step later
             if step % tc.log_every == 0 or step == tc.num_steps:
                 host = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
@@ -470,16 +481,18 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
                 and tc.eval_every
                 and (step % tc.eval_every == 0 or step == tc.num_steps)
             ):
-                results = evaluate(eval_step, state, eval_iter_fn(), mesh, tc.eval_batches)
+                results = evaluate_(eval_step, state, eval_iter_fn(), mesh, tc.eval_batches)
                 writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
-                logging.info("eval at step %d: %s", step, results)
+                logging.info("eval at step %d: %s", step, progress_lib.console_metrics(results))
                 last.update({f"eval/{k}": v for k, v in results.items()})
             for name, (every, run_eval) in evaluators.items():
                 if step % every == 0 or step == tc.num_steps:
-                    results = run_evaluator(run_eval, state, eval_iter_fn, step, mesh)
+                    results = run_evaluator_(run_eval, state, eval_iter_fn, step, mesh)
                     results = {f"evals/{name}/{k}": v for k, v in results.items()}
                     writer.scalars(step, results)
-                    logging.info("evals/%s at step %d: %s", name, step, results)
+                    logging.info(
+                        "evals/%s at step %d: %s", name, step, progress_lib.console_metrics(results)
+                    )
                     last.update(results)
             if multiprocess:
                 stop = "SIGTERM" if ckpt.reached_preemption(step) else None
@@ -488,7 +501,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
             force = step == tc.num_steps or stop is not None
             if ckpt.due(step, force=force):
                 _check_state_finite(finite_fn, state, step, ckpt.latest())
-                ckpt.maybe_save(step, state, train_iter, force=force)
+                save_(step, state, train_iter, force=force)
             if stop is not None:
                 ckpt.wait()
                 last = {**last, "step": step, "stopped_by": stop}
@@ -497,7 +510,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
             if tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps):
                 try:
                     with paths.local_dir(workdir / "samples" / str(step)) as out_dir:
-                        task.write_samples(state, sample_batch, writer, step, out_dir)
+                        write_samples(state, sample_batch, writer, step, out_dir)
                 except (OSError, UnicodeError) as e:
                     logging.warning(
                         "writing samples of step %d failed (%s: %s); training continues",
@@ -508,6 +521,7 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
         ckpt.wait()
     finally:
         signals.restore()
+        progress.close()
         ckpt.close()
         writer.close()
     return last

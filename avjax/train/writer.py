@@ -105,7 +105,9 @@ class MetricWriter:
 
     def audio(self, step: int, tag: str, wave: np.ndarray, sample_rate: int):
         if self._tb_ok():
-            self._tb.add_audio(tag, np.clip(np.asarray(wave, np.float32), -1, 1), step, sample_rate)
+            from avjax.audio.io import fit_full_scale  # scaled, never hard-clipped
+
+            self._tb.add_audio(tag, fit_full_scale(wave), step, sample_rate)
 
     def text(self, step: int, tag: str, text: str):
         if self._tb_ok():
@@ -138,29 +140,6 @@ class MetricWriter:
             self._jsonl.close()
         except OSError as e:
             logging.warning("metrics.jsonl in %s not all written (%s)", self.workdir, e)
-
-
-class Progress:
-    """Console progress line: step, steps/s, ETA, and the given metrics."""
-
-    def __init__(self, total_steps: int, start_step: int):
-        self.total = total_steps
-        self._t0 = time.perf_counter()
-        self._s0 = start_step
-
-    def steps_per_sec(self, step: int) -> float:
-        dt = time.perf_counter() - self._t0
-        return (step - self._s0) / dt if dt > 0 and step > self._s0 else 0.0
-
-    def reset(self, step: int):
-        """Restarts the rate window (e.g. after the first step's compile)."""
-        self._t0, self._s0 = time.perf_counter(), step
-
-    def log(self, step: int, metrics: Mapping[str, float]):
-        rate = self.steps_per_sec(step)
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        shown = "  ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(metrics.items()))
-        logging.info("step %d/%d  %.2f steps/s  eta %.0fs  %s", step, self.total, rate, eta, shown)
 
 
 def parameter_overview(params) -> str:

@@ -13,6 +13,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from avjax.audio import io as audio_io
+
 
 def _open(path: str | pathlib.Path):
     path = pathlib.Path(path)
@@ -108,7 +110,7 @@ def write_video(
 
 
 def _encode_audio(container, stream, wave: np.ndarray, sample_rate: int):
-    wave = np.clip(np.asarray(wave, np.float32).reshape(-1), -1.0, 1.0)
+    wave = audio_io.fit_full_scale(np.asarray(wave, np.float32).reshape(-1))  # never clipped
     frame_size = 1024
     for start in range(0, len(wave), frame_size):
         chunk = wave[None, start : start + frame_size]

@@ -296,7 +296,9 @@ class VQGANTask:
         for i in range(len(x)):
             pair = images.mel_pair(x[i], xrec[i])
             writer.image(step, f"reconstruction/{i}", pair)
-            images.save_png(out_dir / f"{i}_input_vs_reconstruction.png", pair)
+            mels01 = [(x[i] + 1) / 2, (xrec[i] + 1) / 2]  # labelled: seconds, mel bins, dB
+            figure = images.mel_figure(mels01, ["input", "reconstruction"])
+            images.save_png(out_dir / f"{i}_input_vs_reconstruction.png", figure)
         mel01 = np.clip((xrec[0] + 1.0) / 2.0, 0.0, 1.0)
         wave = griffin_lim.mel_to_wave(mel01)
         writer.audio(step, "reconstruction/griffin_lim", wave, self.sample_rate)
