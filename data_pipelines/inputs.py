@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import base, codes_inputs, spec_inputs, video_inputs, wave_inputs
+from data_pipelines import (
+    base,
+    codes_inputs,
+    mcav_inputs,
+    spec_inputs,
+    video_inputs,
+    wave_inputs,
+)
 from data_pipelines.base import Inputs, ModelFns, cache_dir, resolve_data_dir
 from data_pipelines.errors import UserError
 
@@ -37,6 +44,7 @@ INPUTS: dict[str, Callable[[Any, ModelFns | None], Inputs]] = {
     "transformer": codes_inputs.make_inputs,
     "melgan": wave_inputs.make_inputs,
     "sound2sight": video_inputs.make_inputs,
+    "mcav": mcav_inputs.make_inputs,
 }
 
 
