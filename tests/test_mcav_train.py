@@ -108,6 +108,18 @@ def test_refine_loads_and_freezes_mme(motion, motion_run):
     np.testing.assert_allclose(m1["mse"], m1["warped_mse"], rtol=1e-6)
     np.testing.assert_allclose(m1["warped_mse"], m1["mme_mse"], rtol=1e-6)
 
+    # Evaluation needs no stage-1 run: the state carries its MME. Padding clips (mask 0)
+    # are left out of the means.
+    evaluator = MCAVTask.from_config(tiny_config("refine"), load_mme=False)
+    batch = {**_batch(5), "mask": np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)}
+    e = jax.device_get(jax.jit(evaluator.eval_step)(s2, batch))
+    assert all(np.isfinite(v) for v in e.values()) and e["aepe"] > 0.5
+    x = batch["frames"][:6] / np.maximum(batch["frames"][:6].max((2, 3, 4), keepdims=True), 1)
+    copy = np.mean((x[:, N_PAST:] - x[:, N_PAST - 1 : N_PAST]) ** 2)
+    np.testing.assert_allclose(e["copy_last_mse"], copy, rtol=1e-5)
+    with pytest.raises(ValueError, match="starts from a trained MME"):
+        evaluator.init(jax.random.PRNGKey(0))
+
 
 def test_load_motion_refuses_wrong_runs(tmp_path, motion_run):
     with pytest.raises(UserError, match=r"config.motion.workdir is not set"):

@@ -155,8 +155,6 @@ class MCAVTask:
                 f"config.data.n_past={n_past} must leave frames to predict (clips of "
                 f"{train_frames} frames in training)"
             )
-        if stage == "refine" and frozen_mme is None:
-            raise ValueError("stage 'refine' needs the trained MME (`frozen_mme`)")
         self.mme, self.car, self.stage, self.tx = mme, car, stage, tx
         self.n_past, self.train_frames = n_past, train_frames
         self.frame_scale, self.smooth_weight = frame_scale, smooth_weight
@@ -166,8 +164,13 @@ class MCAVTask:
         self._predict = jax.jit(self.predict)
 
     @classmethod
-    def from_config(cls, config, stats=None) -> MCAVTask:
-        """Builds the stage `config.stage` of an experiment config (`configs/mcav_*.py`)."""
+    def from_config(cls, config, stats=None, *, load_mme: bool = True) -> MCAVTask:
+        """Builds the stage `config.stage` of an experiment config (`configs/mcav_*.py`).
+
+        Stage "refine" reads MME from `config.motion.workdir` (`load_motion`) unless
+        `load_mme` is False: enough to predict from a trained state, which carries its MME
+        (evaluation), but such a task cannot `init`.
+        """
         del stats  # MCAV needs no dataset statistics
         if config.stage not in STAGES:
             raise UserError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
@@ -178,7 +181,7 @@ class MCAVTask:
             field = "motion_lr" if config.stage == "motion" else "refine_lr"
             raise UserError(f"config.optim.{field}={lr!r}: the learning rate must be > 0")
         tx = optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
-        frozen = load_motion(config) if config.stage == "refine" else None
+        frozen = load_motion(config) if config.stage == "refine" and load_mme else None
         d = config.data
         return cls(
             mme,
@@ -215,6 +218,8 @@ class MCAVTask:
                 self.tx.init({"mme": v["params"]}),
                 batch_stats={"mme": v["batch_stats"]},
             )
+        if self.frozen_mme is None:
+            raise ValueError("stage 'refine' starts from a trained MME (`frozen_mme`)")
         motion = jnp.zeros((1, 2 * self.mme.dim), jnp.float32)
         v = self.car.init(k_model, x[:, 0], x[:, 0], motion, train=False)
         frozen = jax.tree.map(jnp.asarray, self.frozen_mme)
@@ -383,7 +388,7 @@ class MCAVTask:
         for j in range(len(x)):
             rows = [_rgb(x[j]), _rgb(pred[j]), rgb[0, j], rgb[1, j]]
             strip = _strip(rows)
-            images.save_png(out_dir / f"clip{j}.png", strip)
+            images.save_png(out_dir / f"clip{j}.png", strip, scale=2)
             grid = images.frame_grid(np.stack(rows)[None], n)  # [T, ...]: the four side by side
             video_io.write_gif(out_dir / f"clip{j}.gif", grid, fps=self.fps)
             if j == 0:
