@@ -196,6 +196,11 @@ def test_masked_buffer_equals_growing_memory(mcav):
         want.append(out["flow"])
     np.testing.assert_allclose(got["flow"], jnp.stack(want, 1), rtol=1e-4, atol=1e-4)
     assert float(jnp.abs(got["flow"]).max()) > 0.1
+    # The unrolled loop (`scan_unroll=0`, the CPU setting) computes the same.
+    unrolled, _ = jax.jit(
+        lambda v: mcav_model.run_motion(mme, v, frames, flows, audio, use_gt, unroll=0)
+    )(mv)
+    np.testing.assert_allclose(unrolled["flow"], got["flow"], rtol=1e-5, atol=1e-5)
 
 
 def test_rollout_index_alignment_and_no_future_reads(mcav):

@@ -143,6 +143,7 @@ class MCAVTask:
         frozen_mme: dict | None = None,
         sample_clips: int = 2,
         fps: float = 10.0,
+        unroll: int = 1,
     ):
         if stage not in STAGES:
             raise UserError(f"config.stage must be one of {STAGES}, got {stage!r}")
@@ -161,6 +162,12 @@ class MCAVTask:
         self.teacher_forcing = teacher_forcing
         self.frozen_mme = frozen_mme
         self.sample_clips, self.fps = sample_clips, fps
+        self.unroll = unroll
+        if unroll < 0:
+            raise UserError(
+                f"config.model.scan_unroll={unroll} must be >= 0 (steps per loop iteration; "
+                "0 unrolls the time loops)"
+            )
         self._predict = jax.jit(self.predict)
 
     @classmethod
@@ -196,6 +203,7 @@ class MCAVTask:
             frozen_mme=frozen,
             sample_clips=config.train.sample_clips,
             fps=d.fps,
+            unroll=config.model.scan_unroll,
         )
 
     # ----------------------------------------------------------------------------- state
@@ -267,7 +275,9 @@ class MCAVTask:
 
         def loss_fn(params):
             v = {"params": params["mme"], "batch_stats": state["batch_stats"]["mme"]}
-            out, stats = mcav_model.run_motion(self.mme, v, x, flow, audio, use_gt, train=True)
+            out, stats = mcav_model.run_motion(
+                self.mme, v, x, flow, audio, use_gt, train=True, unroll=self.unroll
+            )
             pred = out["flow"]
             mse, smooth = flow_mse(pred, target), smoothness(pred, on)
             loss = (t - 1) * (mse + self.smooth_weight * smooth)
@@ -291,7 +301,10 @@ class MCAVTask:
     def _refine_step(self, state, x, flow, audio):
         t, k = x.shape[1], self.n_past
         mme_v = state["frozen"]["mme"]
-        m, _ = mcav_model.run_motion(self.mme, mme_v, x, flow, audio, jnp.arange(t - 1) < k)
+        use_gt_mme = jnp.arange(t - 1) < k
+        m, _ = mcav_model.run_motion(
+            self.mme, mme_v, x, flow, audio, use_gt_mme, unroll=self.unroll
+        )
         m = jax.lax.stop_gradient(m)
         use_gt = self._use_gt(t - k, 1)
         target = x[:, k:]
@@ -299,7 +312,17 @@ class MCAVTask:
         def loss_fn(params):
             v = {"params": params["car"], "batch_stats": state["batch_stats"]["car"]}
             out, stats = mcav_model.run_refine(
-                self.car, v, self.mme, mme_v, x, m["flow"], m["audio"], k, use_gt, train=True
+                self.car,
+                v,
+                self.mme,
+                mme_v,
+                x,
+                m["flow"],
+                m["audio"],
+                k,
+                use_gt,
+                train=True,
+                unroll=self.unroll,
             )
             mse = jnp.mean(jnp.square(out["frame"] - target))
             metrics = dict(
@@ -331,7 +354,9 @@ class MCAVTask:
         """
         v = self.variables(state)
         car = self.car if "car" in v else None
-        return mcav_model.predict(self.mme, car, v, frames, flow, audio, self.n_past)
+        return mcav_model.predict(
+            self.mme, car, v, frames, flow, audio, self.n_past, unroll=self.unroll
+        )
 
     def sample_futures(self, state, frames, audio, rng, num_samples: int = 1, *, flow):
         """The evaluators' sampler form: MCAV is deterministic, so the S "samples" are one
