@@ -58,6 +58,7 @@ def vas_samples(shared_data) -> pathlib.Path:
 # Files with the longest compiles run first, so `-n 2` workers do not end on a long tail.
 _HEAVY_FIRST = (
     "test_train_sound2sight.py",
+    "test_mcav_train.py",
     "test_train_vqgan.py",
     "test_melception.py",
     "test_sample_cli.py",
