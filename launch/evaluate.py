@@ -87,7 +87,7 @@ def _score_video_prediction(config, workdir: pathlib.Path) -> tuple[dict, object
         config, task.sample_futures, num_samples=FLAGS.num_samples
     )
     run = _load_run(workdir, config.task)
-    state = {k: v for k, v in run.state.items() if k in ("params", "batch_stats")}
+    state = {k: v for k, v in run.state.items() if k != "opt_state"}  # what sampling reads
     result = evaluator.evaluate(
         state,
         inputs.eval_iter_fn(),

@@ -59,6 +59,7 @@ def vas_samples(shared_data) -> pathlib.Path:
 _HEAVY_FIRST = (
     "test_multiprocess.py",
     "test_train_sound2sight.py",
+    "test_mcav_train.py",
     "test_train_vqgan.py",
     "test_melception.py",
     "test_sample_cli.py",

@@ -23,6 +23,7 @@ from avjax.evals.video_prediction import VideoPredictionEvaluator
 
 EVALUATORS = {
     "sound2sight": VideoPredictionEvaluator,
+    "mcav": VideoPredictionEvaluator,
     "transformer": AudioGenerationEvaluator,
 }
 

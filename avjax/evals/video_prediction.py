@@ -24,6 +24,7 @@ every `config.evals.<name>.every` steps on its eval split (`avjax.evals.loop_eva
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 
@@ -38,10 +39,13 @@ from avjax.evals import tables
 from avjax.images import frames01
 from avjax.metrics import image_quality as iq
 from avjax.metrics.block_iou import block_iou
+from avjax.video import flow as flow_lib
 
 # sample_fn(state, frames [B, T, H, W, C] in [0, 1], audio [B, T, ...], rng, num_samples=S)
 #   -> futures [S, B, T - n_past, H, W, C], or a dict with them as "frames" and other
 #   per-frame predictions (MCAV: "flow" [S, B, T - n_past, H, W, 2]) for `extra_metrics`.
+#   Keyword-only parameters of the sampler are filled from the batch by name (MCAV's
+#   `flow`: the seen frames' ground-truth flows).
 SampleFn = Callable[..., jax.Array | Mapping[str, jax.Array]]
 
 # config.task -> the model's name in the tables.
@@ -72,6 +76,18 @@ METRICS = {
     "ssim": Metric(lambda p, g, b: iq.ssim_correct(p, g), label="SSIM (correct: data_range 1.0)"),
     "psnr": Metric(lambda p, g, b: iq.psnr(p, g), label="PSNR (dB)"),
 }
+
+
+def aepe_metric(n_past: int) -> Metric:
+    """AEPE (px) of the predicted flows ("pred_flow") against the batch's "flow" [B, T, ...];
+    NaN for a model that predicts no flow."""
+
+    def fn(p, g, batch):
+        if "pred_flow" not in batch:
+            return jnp.full(p.shape[:-3], jnp.nan)
+        return flow_lib.aepe(batch["pred_flow"], batch["flow"][:, n_past:], per_frame=True)
+
+    return Metric(fn, higher_is_better=False, label="AEPE of the predicted flow (px)")
 
 
 def copy_last(x: jax.Array, n_past: int) -> jax.Array:
@@ -116,13 +132,22 @@ def make_batch_metrics(
     """
     chunk = max(1, min(chunk, num_samples))
     num_chunks = math.ceil(num_samples / chunk)
+    wanted = [
+        name
+        for name, p in inspect.signature(sample_fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
 
     def fn(state, batch, rng):
         x = frames01(batch["frames"], frame_scale)
         gt = x[:, n_past:]
+        missing = [k for k in wanted if k not in batch]
+        if missing:
+            raise UserError(f"the sampler needs {missing} in the eval batches")
+        from_batch = {k: batch[k] for k in wanted}
 
         def sample(key, n):  # -> frames [n, B, Tf, H, W, C], {name: [n, B, Tf, ...]}
-            out = sample_fn(state, x, batch["audio"], key, num_samples=n)
+            out = sample_fn(state, x, batch["audio"], key, num_samples=n, **from_batch)
             if isinstance(out, Mapping):
                 return out["frames"], {k: v for k, v in out.items() if k != "frames"}
             return out, {}
@@ -293,6 +318,8 @@ class VideoPredictionEvaluator:
             report_frames=tuple(e.report_frames),
             method=METHODS.get(config.task, config.task),
         )
+        if d.get("flow"):  # the clips carry ground-truth flow: score the predicted one
+            kw["extra_metrics"] = {"aepe": aepe_metric(d.n_past)}
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(sample_fn, **kw)
 

@@ -109,7 +109,7 @@ class ConvBlock(nn.Module):
     padding: tuple[int, int] = (1, 1)
     transpose: bool = False
     norm: bool = True
-    act: str = "lrelu"  # 'lrelu' (slope 0.2) | 'tanh' | 'sigmoid'
+    act: str = "lrelu"  # 'lrelu' (slope 0.2) | 'tanh' | 'sigmoid' | 'relu' | 'linear'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -150,6 +150,10 @@ class ConvBlock(nn.Module):
             return jnp.tanh(y)
         if self.act == "sigmoid":
             return nn.sigmoid(y)
+        if self.act == "relu":
+            return nn.relu(y)
+        if self.act == "linear":
+            return y
         raise ValueError(f"unknown activation {self.act!r}")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from avjax.train.task import Task
 from avjax.train.tasks.classifier import ClassifierTask
+from avjax.train.tasks.mcav import MCAVTask
 from avjax.train.tasks.melgan import MelGANTask
 from avjax.train.tasks.sound2sight import Sound2SightTask
 from avjax.train.tasks.transformer import TransformerTask
@@ -58,6 +59,7 @@ TASKS: dict[str, Callable[[Any, dict[str, np.ndarray]], Task]] = {
     "transformer": TransformerTask.from_config,
     "melgan": MelGANTask.from_config,
     "sound2sight": Sound2SightTask.from_config,
+    "mcav": MCAVTask.from_config,
 }
 
 
