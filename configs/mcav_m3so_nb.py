@@ -43,6 +43,7 @@ frames (see data_pipelines; the README says which command adds the TV-L1 flow).
 
 Train stage 1, then stage 2 on it (each resumes with the same command):
   python launch/make_m3so.py --out data/m3so_nb --mnist_dir ../shared/data/mnist
+  python launch/add_flow.py --data_dir data/m3so_nb --num_workers 8
   python launch/train.py --config configs/mcav_m3so_nb.py --workdir workdirs/mcav_motion \
       --config.data.dir=data/m3so_nb --config.stage=motion
   python launch/train.py --config configs/mcav_m3so_nb.py --workdir workdirs/mcav_refine \
