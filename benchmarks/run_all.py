@@ -52,7 +52,10 @@ BENCHMARKS: dict[str, dict[str, tuple[list[str], int]]] = {
             240,
         ),
         "cpu": (["--config", "small", "--weights_dtype", "float32,int8", "--quick"], 300),
-        "tiny": (["--config", "tiny", "--weights_dtype", "float32,int8", "--quick"], 120),
+        "tiny": (
+            ["--config", "tiny", "--weights_dtype", "float32,int8", "--batch", "1", "--quick"],
+            180,
+        ),
     },
     "specvqgan_codebook": {
         "accel": (["--config", "paper", "--batch", "3", "--dtype", "bfloat16", "--quick"], 180),
@@ -67,7 +70,7 @@ BENCHMARKS: dict[str, dict[str, tuple[list[str], int]]] = {
     "sound2sight": {
         "accel": (["--config", "paper", "--batch", "16", "--skip", "eval", "--quick"], 150),
         "cpu": (["--config", "tiny", "--batch", "8", "--skip", "eval", "--quick"], 240),
-        "tiny": (["--config", "tiny", "--batch", "2", "--skip", "rollout,eval", "--quick"], 120),
+        "tiny": (["--config", "tiny", "--batch", "2", "--skip", "rollout,eval", "--quick"], 240),
     },
     # The MCAV step, once benchmarks/mcav.py exists (skipped until then).
     "mcav": {

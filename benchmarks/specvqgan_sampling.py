@@ -156,7 +156,7 @@ def main():
     ap.add_argument(
         "--agreement",
         default=None,
-        help="reduced dtypes to compare with float32 (default: those timed)",
+        help="reduced dtypes to compare with float32 (default: those timed; 'none')",
     )
     ap.add_argument("--pipeline", action="store_true", help="time decoding + vocoding too")
     ap.add_argument("--no_cache_tokens", type=int, default=0, help="0 skips the no-cache run")
@@ -169,6 +169,7 @@ def main():
 
     dtypes = [quantize.check_weights_dtype(d) for d in args.weights_dtype.split(",")]
     compare = args.agreement.split(",") if args.agreement else dtypes
+    compare = [] if compare == ["none"] else compare
     compare = [quantize.check_weights_dtype(d) for d in compare if d != "float32"]
     batches = [int(b) for b in args.batch.split(",")]
     info = _common.device_info()
@@ -220,22 +221,83 @@ def main():
         if info["platform"] == "cpu" and args.config == "paper":
             row["speedup_vs_official_cpu"] = round(OFFICIAL_CPU_S / (run / b), 1)
 
-    # Agreement with float32: teacher-forced logits and greedy sequences.
-    agree = {}
-    if compare:
-        m32, p32 = variants["float32"]
-        greedy = dict(temperature=0.0, top_k=0, top_p=1.0, num_tokens=num_tokens)
-        g32 = np.asarray(sampling.sample(m32, p32, rng, feats, **greedy))[0]
-        toks = jnp.asarray(g32[None, :-1])
-        ref = np.asarray(logits_fn(m32)(p32, toks, feats))[0]
-        for d in compare:
-            m, p = variants[d]
-            red = np.asarray(logits_fn(m)(p, toks, feats), np.float32)[0]
-            g = np.asarray(sampling.sample(m, p, rng, feats, **greedy))[0]
-            agree[d] = {**agreement(ref, red, tc), **greedy_compare(g32, g)}
-            print(f"agreement {d}: {json.dumps(agree[d])}", flush=True)
+    agree, pipeline, no_cache = {}, {}, {}
+    name = pathlib.Path(args.workdir).name if args.workdir else args.config
 
-    pipeline = {}
+    def emit():
+        """Writes every dtype's JSON with what has been measured so far (a run stopped by
+        its time limit keeps the figures of the phases it finished)."""
+        load_after = _common.load_average()
+        for d in dtypes:
+            b0 = batches[0]
+            r0 = results[d]["batches"][b0]
+            others = [x for x in dtypes if x != d]
+            summary = [
+                [f"{d}: one clip at batch {b0}", f"{r0['seconds_per_clip']} s"],
+                [f"{d}: achieved / copy bandwidth", f"{r0['achieved_gbs']} / {copy_gbs} GB/s"],
+            ]
+            for b in batches[1:]:
+                summary.append(
+                    [f"{d}: clips/s at batch {b}", results[d]["batches"][b]["clips_per_s"]]
+                )
+            if d in agree:
+                a = agree[d]
+                greedy = (
+                    "same"
+                    if a["greedy_match"]
+                    else f"differs from token {a['greedy_first_difference']}"
+                )
+                summary.append(
+                    [
+                        f"{d}: top-1 agreement / mean KL vs float32",
+                        f"{a['top1_agreement']} / {a['kl_mean']} (greedy: {greedy})",
+                    ]
+                )
+            if pipeline and d == dtypes[0]:
+                for b, r in pipeline.items():
+                    summary.append(
+                        [
+                            f"{d}: sample + decode + vocode, batch {b}",
+                            f"{r['seconds_per_clip']} s/clip, {r['clips_per_s']} clips/s",
+                        ]
+                    )
+            result = {
+                "benchmark": "specvqgan_sampling",
+                "config": name,
+                "weights_dtype": d,
+                "condition_frames": tc,
+                "tokens": num_tokens,
+                "top_k": args.top_k,
+                **info,
+                "seconds_per_clip": r0["seconds_per_clip"],
+                "clips_per_s": {b: results[d]["batches"][b]["clips_per_s"] for b in batches},
+                "copy_bandwidth_gbs": copy_gbs,
+                "achieved_gbs": r0["achieved_gbs"],
+                "achieved_fraction_of_copy_bandwidth": round(r0["achieved_gbs"] / copy_gbs, 3),
+                "batches": results[d]["batches"],
+                "timing": f"min of {rounds} calls, interleaved with {others or 'none'}",
+                "load_average_1min": [load_before, load_after],
+                "official_cpu_reference_s_per_clip": OFFICIAL_CPU_S,
+                "summary": summary,
+            }
+            if d in agree:
+                result.update(agree[d])
+            if d == "float32" and agree:
+                result["agreement_of_reduced"] = agree
+            if pipeline and d == dtypes[0]:
+                result["pipeline"] = pipeline
+            if no_cache and d == dtypes[0]:
+                result["no_cache"] = no_cache
+            tag = f"_{args.tag}" if args.tag else ""
+            path = _common.write_json(
+                args.out, f"specvqgan_sampling_{name}_{d}_{info['platform']}{tag}", result
+            )
+            print(f"wrote {path}")
+            for what, value in summary:
+                print(f"  {what}: {value}")
+
+    emit()
+
     if args.pipeline:
         decode_vocode = make_pipeline()
         d0 = dtypes[0]
@@ -255,7 +317,23 @@ def main():
                 "clips_per_s": round(b / (s + dv), 3),
             }
 
-    no_cache = {}
+        emit()
+
+    # Agreement with float32: teacher-forced logits and greedy sequences.
+    if compare:
+        m32, p32 = variants["float32"]
+        greedy = dict(temperature=0.0, top_k=0, top_p=1.0, num_tokens=num_tokens)
+        g32 = np.asarray(sampling.sample(m32, p32, rng, feats, **greedy))[0]
+        toks = jnp.asarray(g32[None, :-1])
+        ref = np.asarray(logits_fn(m32)(p32, toks, feats))[0]
+        for d in compare:
+            m, p = variants[d]
+            red = np.asarray(logits_fn(m)(p, toks, feats), np.float32)[0]
+            g = np.asarray(sampling.sample(m, p, rng, feats, **greedy))[0]
+            agree[d] = {**agreement(ref, red, tc), **greedy_compare(g32, g)}
+            print(f"agreement {d}: {json.dumps(agree[d])}", flush=True)
+        emit()
+
     if args.no_cache_tokens > 0:
         n = min(args.no_cache_tokens, num_tokens)
         m, p = variants[dtypes[0]]
@@ -273,73 +351,7 @@ def main():
             "s_per_clip": round(run * num_tokens / n, 1),
             "s_per_clip_is": "measured" if n == num_tokens else "extrapolated",
         }
-
-    load_after = _common.load_average()
-    name = pathlib.Path(args.workdir).name if args.workdir else args.config
-    for d in dtypes:
-        b0 = batches[0]
-        r0 = results[d]["batches"][b0]
-        summary = [
-            [f"{d}: one clip at batch {b0}", f"{r0['seconds_per_clip']} s"],
-            [f"{d}: achieved / copy bandwidth", f"{r0['achieved_gbs']} / {copy_gbs} GB/s"],
-        ]
-        for b in batches[1:]:
-            summary.append([f"{d}: clips/s at batch {b}", results[d]["batches"][b]["clips_per_s"]])
-        if d in agree:
-            a = agree[d]
-            greedy = (
-                "same"
-                if a["greedy_match"]
-                else f"differs from token {a['greedy_first_difference']}"
-            )
-            summary.append(
-                [
-                    f"{d}: top-1 agreement / mean KL vs float32",
-                    f"{a['top1_agreement']} / {a['kl_mean']} (greedy: {greedy})",
-                ]
-            )
-        if pipeline and d == dtypes[0]:
-            for b, r in pipeline.items():
-                summary.append(
-                    [
-                        f"{d}: sample + decode + vocode, batch {b}",
-                        f"{r['seconds_per_clip']} s/clip, {r['clips_per_s']} clips/s",
-                    ]
-                )
-        result = {
-            "benchmark": "specvqgan_sampling",
-            "config": name,
-            "weights_dtype": d,
-            "condition_frames": tc,
-            "tokens": num_tokens,
-            "top_k": args.top_k,
-            **info,
-            "seconds_per_clip": r0["seconds_per_clip"],
-            "clips_per_s": {b: results[d]["batches"][b]["clips_per_s"] for b in batches},
-            "copy_bandwidth_gbs": copy_gbs,
-            "achieved_gbs": r0["achieved_gbs"],
-            "achieved_fraction_of_copy_bandwidth": round(r0["achieved_gbs"] / copy_gbs, 3),
-            "batches": results[d]["batches"],
-            "timing": f"min of {rounds} calls, interleaved with {[x for x in dtypes if x != d]}",
-            "load_average_1min": [load_before, load_after],
-            "official_cpu_reference_s_per_clip": OFFICIAL_CPU_S,
-            "summary": summary,
-        }
-        if d in agree:
-            result.update(agree[d])
-        if d == "float32" and agree:
-            result["agreement_of_reduced"] = agree
-        if pipeline and d == dtypes[0]:
-            result["pipeline"] = pipeline
-        if no_cache and d == dtypes[0]:
-            result["no_cache"] = no_cache
-        tag = f"_{args.tag}" if args.tag else ""
-        path = _common.write_json(
-            args.out, f"specvqgan_sampling_{name}_{d}_{info['platform']}{tag}", result
-        )
-        print(f"wrote {path}")
-        for what, value in summary:
-            print(f"  {what}: {value}")
+        emit()
 
 
 if __name__ == "__main__":
