@@ -84,6 +84,29 @@ def _timed_copy(a, b) -> float:
     return time.perf_counter() - t0
 
 
+def device_copy_bandwidth_gbs(mib: int = 1024, repeats: int = 5) -> float:
+    """Accelerator memory bandwidth: bytes read + written per second by a jitted copy."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones(mib * 2**18, jnp.float32)
+    copy = jax.jit(lambda a: a + 1.0)
+    jax.block_until_ready(copy(x))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(copy(x))
+        best = min(best, time.perf_counter() - t0)
+    return round(2 * x.nbytes / best / 1e9, 2)
+
+
+def memory_bandwidth_gbs(platform: str, quick: bool = False) -> float:
+    """Copy bandwidth of the memory the weights live in: host RAM on CPU, else the device's."""
+    if platform == "cpu":
+        return copy_bandwidth_gbs(256 if quick else 1024)
+    return device_copy_bandwidth_gbs()
+
+
 def write_json(out: str | pathlib.Path, name: str, result: dict) -> pathlib.Path:
     """Writes `result` as OUT/name.json (creating OUT) and returns the path."""
     out = pathlib.Path(out)

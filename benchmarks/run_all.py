@@ -165,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     if mode == "accel":
-        import jax
-
-        if jax.default_backend() == "cpu":
+        # Asked in a child process: this one must not hold the accelerator (or its memory).
+        probe = subprocess.run(
+            [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+            capture_output=True,
+            text=True,
+        )
+        if probe.stdout.strip() in ("", "cpu"):
             print(
                 "error: --accel needs a GPU or TPU, and JAX sees only the CPU "
                 "(install the accelerator extra: `make bench-accel`)",

@@ -149,7 +149,7 @@ def main():
     if "mfu" in result:
         result["summary"].append([f"{what}: MFU (peak {peak:g} TFLOP/s)", result["mfu"]])
     if fwd_s is not None:
-        result["summary"].append(["forward of one 80 x 848 mel", f"{fwd_s:.4g} s"])
+        result["summary"].append([f"forward of one {f} x {t} mel", f"{fwd_s:.4g} s"])
     suffix = "" if config.loss.disc_recompute else "_reuse"
     dt = "" if args.dtype == "float32" else f"_{args.dtype}"
     name = f"specvqgan_codebook_{args.config}_b{args.batch}{dt}{suffix}_{info['platform']}"

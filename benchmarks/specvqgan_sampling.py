@@ -22,7 +22,8 @@ each reduced dtype:
   differ.
 Achieved bandwidth is the bytes read per token (the Dense weights once per step, plus the
 whole KV cache, which the masked attention reads) times the steps, over the run time,
-set against the machine's copy bandwidth (`_common.copy_bandwidth_gbs`).
+set against the copy bandwidth of the memory holding the weights (a numpy copy of host
+RAM on CPU, a jitted copy on an accelerator: `_common.memory_bandwidth_gbs`).
 `--pipeline` adds decoding (codebook decoder, paper size) and vocoding (MelGAN) of the
 sampled codes: seconds per clip of the whole video-to-sound path.
 `--no_cache_tokens N` also times N tokens of the no-cache sampler (the official
@@ -174,7 +175,7 @@ def main():
     batches = [int(b) for b in args.batch.split(",")]
     info = _common.device_info()
     load_before = _common.load_average()
-    copy_gbs = _common.copy_bandwidth_gbs(256 if args.quick else 1024)
+    copy_gbs = _common.memory_bandwidth_gbs(info["platform"], args.quick)
     model, params, feats, tc, num_tokens = build(args.config, args.workdir)
     rng = jax.random.PRNGKey(2)
     kw = dict(temperature=1.0, top_k=args.top_k, top_p=1.0)

@@ -90,6 +90,8 @@ def test_run_all_tiny_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_all.main(["--tiny", "--accel"])  # one mode at a time
     assert run_all.main(["--only", "nope", "--out", str(out)]) == 1
+    assert run_all.main(["--accel", "--out", str(out)]) == 1  # JAX sees only the CPU here
+    assert "--accel needs a GPU or TPU" in capsys.readouterr().err
 
 
 @pytest.mark.slow
