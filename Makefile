@@ -2,6 +2,8 @@
 #   make demo   # tiny models on embedded clips, ending with a video whose sound avjax generated
 #   make test   # the whole test suite (8 fake CPU devices)
 #   make notebook; make app   # notebooks/quickstart executed, then the web app on its runs
+# and one on a machine with a GPU (or TPU: ACCEL=tpu):
+#   make bench-accel   # installs jax for it, runs every benchmark (< 8 min), prints a table
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,7 @@ DEMO := workdirs/demo
 QUICKSTART := workdirs/quickstart
 PORT ?= 7860
 
-.PHONY: demo test test-fast lint format venv clean bench notebook app browser
+.PHONY: demo test test-fast lint format venv clean bench bench-accel notebook app browser
 
 venv: $(STAMP)
 
@@ -58,11 +60,33 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The CPU set at small sizes, each benchmark time-bounded; JSON + table under BENCH_OUT.
+BENCH_OUT ?= benchmarks/results/run_cpu
 bench: $(STAMP)
-	$(PY) benchmarks/specvqgan_codebook.py --out benchmarks/results
-	$(PY) benchmarks/specvqgan_sampling.py --out benchmarks/results
-	$(PY) benchmarks/melgan_vocoder.py --out benchmarks/results
-	$(PY) benchmarks/sound2sight.py --out benchmarks/results
+	$(PY) benchmarks/run_all.py --out $(BENCH_OUT)
+
+# The accelerator set in one command from a fresh copy of the tree. The interpreter is
+# ACCEL_PY if given, else the first of .venv-accel, .venv and python3 that has avjax's
+# dependencies and whose JAX sees a GPU / TPU; without one, it creates .venv-accel with the
+# `ACCEL` extra (cuda12, cuda13 or tpu). Results under ACCEL_OUT (one JSON per benchmark,
+# the device named in each) and a printed table.
+ACCEL ?= cuda12
+ACCEL_VENV := .venv-accel
+ACCEL_OUT ?= benchmarks/results/run_accel
+SEES_ACCEL := -c 'import flax, optax, ml_collections, jax, sys; sys.exit(jax.default_backend() == "cpu")'
+bench-accel:
+	@py="$(ACCEL_PY)"; for p in $(if $(ACCEL_PY),,$(ACCEL_VENV)/bin/python $(PY) python3); do \
+	    if [ -x "$$(command -v $$p)" ] && $$p $(SEES_ACCEL) 2>/dev/null; then py=$$p; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+	    echo "== installing jax[$(ACCEL)] into $(ACCEL_VENV)"; \
+	    test -x $(ACCEL_VENV)/bin/python || $(PYTHON) -m venv $(ACCEL_VENV) || exit 1; \
+	    $(ACCEL_VENV)/bin/python -m pip install -q --upgrade pip && \
+	    $(ACCEL_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[$(ACCEL)]' || exit 1; \
+	    py=$(ACCEL_VENV)/bin/python; \
+	fi; \
+	echo "== $$py: $$($$py -c 'import jax; print(jax.devices()[0].device_kind)')"; \
+	$$py benchmarks/run_all.py --accel --out $(ACCEL_OUT)
 
 clean:
-	rm -rf $(VENV) workdirs
+	rm -rf $(VENV) $(ACCEL_VENV) workdirs

@@ -2,10 +2,15 @@
 
   python benchmarks/specvqgan_codebook.py --config paper --batch 2 --out benchmarks/results
   python benchmarks/specvqgan_codebook.py --config tiny --batch 8
+  python benchmarks/specvqgan_codebook.py --config paper --batch 3 --dtype bfloat16   # GPU
 
 Measures compile time, steps/s of the full jitted step (autoencoder + discriminator
 updates, LPAPS and discriminator terms switched on), the time of one 80x848 forward
-pass, peak memory, and on GPU the model FLOP utilisation from XLA's cost analysis.
+pass, peak memory, and the FLOPs of the step from XLA's cost analysis: on an accelerator
+that of the compiled step itself, on CPU that of the step traced with plain-lax
+convolutions (XLA counts a scan body once). On a GPU / TPU whose kind has a known peak
+(`_common.PEAK_BF16_TFLOPS`) the JSON gives the model FLOP utilisation against it.
+`--quick`: one timed step after the warm-up.
 Reference (official PyTorch, 2-core CPU, batch 2): 16.0 s + 3.2 s per iteration, 2.0 s
 per forward pass.
 """
@@ -14,7 +19,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import resource
 import sys
 import time
@@ -26,10 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from avjax.train.tasks.vqgan import VQGANTask
+from benchmarks import _common
 from benchmarks._plain_lax import plain_lax
 from configs import specvqgan_vggsound
-
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
 
 def peak_memory_bytes() -> int:
@@ -63,8 +66,12 @@ def main():
         action="store_true",
         help="feed the discriminator this step's reconstruction (config.loss.disc_recompute=False)",
     )
+    ap.add_argument("--no_forward", action="store_true", help="skip the forward-pass timing")
+    ap.add_argument("--quick", action="store_true", help="one timed step")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    if args.quick:
+        args.steps = 1
 
     config = specvqgan_vggsound.get_config("tiny" if args.config == "tiny" else None)
     config.dtype = args.dtype
@@ -86,9 +93,14 @@ def main():
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    with plain_lax():  # XLA counts a scan body once: count the plain-lax step instead
-        fresh = jax.jit(lambda s, b: task.train_step(s, b))  # a new trace, not a cached one
-        cost = fresh.lower(state, batch).cost_analysis()
+    info = _common.device_info()
+    if info["platform"] == "cpu":
+        with plain_lax():  # XLA counts a scan body once: count the plain-lax step instead
+            fresh = jax.jit(lambda s, b: task.train_step(s, b))  # a new trace, not a cached one
+            cost = fresh.lower(state, batch).cost_analysis()
+    else:  # no scans on GPU / TPU: the compiled step's own count
+        cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
     state, _ = compiled(state, batch)
@@ -101,41 +113,49 @@ def main():
         times.append(time.perf_counter() - t1)
     step_s = float(np.median(times))
 
-    fwd = jax.jit(lambda p, x: task.model.apply({"params": p}, x)[0])
-    x1 = batch["image"][:1, ..., None]
-    _, fwd_s = timed(fwd, state["params"]["ae"], x1, repeats=args.steps)
+    fwd_s = None
+    if not args.no_forward:
+        fwd = jax.jit(lambda p, x: task.model.apply({"params": p}, x)[0])
+        x1 = batch["image"][:1, ..., None]
+        _, fwd_s = timed(fwd, state["params"]["ae"], x1, repeats=args.steps)
 
-    dev = jax.devices()[0]
     result = {
         "benchmark": "specvqgan_codebook",
         "config": args.config,
         "global_batch": args.batch,
         "input": [f, t],
         "dtype": args.dtype,
-        "device": f"{dev.platform}:{dev.device_kind}",
-        "num_devices": jax.device_count(),
-        "host": platform.node(),
+        **info,
         "disc_recompute": config.loss.disc_recompute,
         # Other processes compete for the CPU when this is well above 0 (timings then inflate).
         "load_average_1min_before": load_before,
         "compile_s": round(compile_s, 2),
         "step_s": round(step_s, 4),
         "steps_per_s": round(1.0 / step_s, 4),
-        "forward_s_batch1": round(fwd_s, 4),
+        "forward_s_batch1": None if fwd_s is None else round(fwd_s, 4),
         "step_gflop": round(flops / 1e9, 1),
         "achieved_tflops": round(flops / step_s / 1e12, 3),
         "peak_memory_gib": round(peak_memory_bytes() / 2**30, 3),
         "official_cpu_reference_s": {"ae_step": 16.0, "disc_step": 3.2, "forward": 2.0},
     }
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in dev.device_kind), None)
+    peak = info.get("peak_bf16_tflops")
     if peak and flops:
         result["mfu"] = round(flops / step_s / 1e12 / peak, 4)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    what = f"{args.config} step, batch {args.batch}, {args.dtype}"
+    result["summary"] = [
+        [what, f"{step_s:.4g} s ({result['achieved_tflops']} TFLOP/s)"],
+        [f"{what}: compile", f"{compile_s:.1f} s"],
+    ]
+    if "mfu" in result:
+        result["summary"].append([f"{what}: MFU (peak {peak:g} TFLOP/s)", result["mfu"]])
+    if fwd_s is not None:
+        result["summary"].append([f"forward of one {f} x {t} mel", f"{fwd_s:.4g} s"])
     suffix = "" if config.loss.disc_recompute else "_reuse"
-    path = out / f"specvqgan_codebook_{args.config}_b{args.batch}{suffix}_{dev.platform}.json"
-    path.write_text(json.dumps(result, indent=2))
+    dt = "" if args.dtype == "float32" else f"_{args.dtype}"
+    name = f"specvqgan_codebook_{args.config}_b{args.batch}{dt}{suffix}_{info['platform']}"
+    path = _common.write_json(args.out, name, result)
     print(json.dumps(result, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
   python launch/sample.py --workdir W --out DIR --video clip.mp4 --resnet50_weights r50.npz
   python launch/sample.py --workdir W --out DIR --features clip.pkl [--video clip.mp4]
       [--num_samples N] [--vocoder_workdir V] [--temperature 1] [--top_k 512] [--seconds 20]
+      [--weights_dtype float32|bfloat16|int8]
 
 W is a transformer run (`configs/specvqgan_transformer_*.py`; its codebook is the one its
 config names). The condition is, in order of preference:
@@ -68,6 +69,13 @@ flags.DEFINE_float(
     "0.74 s for the :tiny configs' 64 frames); longer slides the window",
 )
 flags.DEFINE_integer("seed", 0, "sampling seed (same seed, same samples)")
+flags.DEFINE_enum(
+    "weights_dtype",
+    None,
+    ["float32", "bfloat16", "int8"],
+    "transformer Dense kernels while sampling (the checkpoint stays float32): fewer bytes "
+    "read per token; default bfloat16 on GPU / TPU, float32 on CPU",
+)
 flags.mark_flags_as_required(["workdir", "out"])
 
 FPS = 21.5
@@ -138,7 +146,7 @@ def main(argv):
         streams = read_streams(spec)
         name = pathlib.Path(FLAGS.features or FLAGS.video or "no_feats").stem
         bar.update(1)
-        v2s = Video2Sound.from_workdir(workdir, FLAGS.codebook_workdir)
+        v2s = Video2Sound.from_workdir(workdir, FLAGS.codebook_workdir, FLAGS.weights_dtype)
         vocoder = load_vocoder(FLAGS.vocoder_workdir)
         columns = v2s.num_columns(FLAGS.seconds)
         feats = F.condition(streams, spec, columns, v2s.window_columns, FLAGS.seed)

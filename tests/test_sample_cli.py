@@ -134,6 +134,7 @@ def test_sample_cli_video_to_sound(runs, vas_samples):
         f"--features={feats}",
         "--num_samples=2",
         "--top_k=8",
+        "--weights_dtype=int8",  # int8 Dense kernels, converted from the float32 checkpoint
     )
     assert "2 sample(s) of 9.85 s" in proc.stdout
     assert "%|" in proc.stderr  # the tqdm progress bar

@@ -21,6 +21,9 @@ Incremental decoding: `__call__(..., cache=cache, pos=pos)` runs the given posit
 against a per-layer KV cache of `block_size` slots ([B, block_size, H, C/H] each,
 written with `lax.dynamic_update_slice` at `pos`) and returns `(logits, new_cache)`;
 `init_cache` builds an empty one. Prefill and single-token steps are the same call.
+
+The Dense layers are `avjax.nn.quantize.Dense`: identical to Flax's with float32 weights,
+and they also run with bfloat16 or int8 kernels (`sampling.for_inference`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from avjax.nn.quantize import Dense
 
 Cache = tuple[dict[str, jax.Array], ...]
 _NEG = -1e30  # masked logits; every query sees at least itself, so rows are never empty
@@ -65,7 +70,7 @@ class CausalSelfAttention(nn.Module):
         """x: [B, T, C]; cache: {"k", "v"}: [B, S, H, C/H] or None; pos: first position."""
         b, t, c = x.shape
         h = self.n_head
-        dense = lambda name: nn.Dense(
+        dense = lambda name: Dense(
             c,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -111,7 +116,7 @@ class Block(nn.Module):
         ln = lambda name: nn.LayerNorm(
             epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
-        dense = lambda n, name: nn.Dense(
+        dense = lambda n, name: Dense(
             n,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -146,6 +151,8 @@ class GPT(nn.Module):
       feat_dim: visual feature depth (2048); 0 means no feature condition (GPTClass).
       num_classes: > 0 appends a class-label embedding to the condition.
       embd_pdrop, resid_pdrop, attn_pdrop: dropouts (0 in the released models).
+      dtype, param_dtype: compute and parameter dtypes.
+      cache_dtype: KV cache dtype (default `dtype`); bfloat16 halves the cache's bytes.
     """
 
     vocab_size: int
@@ -160,6 +167,7 @@ class GPT(nn.Module):
     attn_pdrop: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    cache_dtype: Any = None
 
     def setup(self):
         if self.n_embd % self.n_head:
@@ -176,7 +184,7 @@ class GPT(nn.Module):
         )
         if self.feat_dim:
             init = _torch_uniform(self.feat_dim)
-            self.feat_embedder = nn.Dense(
+            self.feat_embedder = Dense(
                 self.n_embd,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
@@ -205,7 +213,7 @@ class GPT(nn.Module):
             for i in range(self.n_layer)
         ]
         self.ln_f = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.head = nn.Dense(
+        self.head = Dense(
             self.vocab_size,
             use_bias=False,
             dtype=self.dtype,
@@ -239,7 +247,7 @@ class GPT(nn.Module):
     def init_cache(self, batch_size: int, dtype=None) -> Cache:
         """Empty KV cache: per layer {"k", "v"}: [B, block_size, n_head, n_embd / n_head]."""
         shape = (batch_size, self.block_size, self.n_head, self.n_embd // self.n_head)
-        z = jnp.zeros(shape, dtype or self.dtype)
+        z = jnp.zeros(shape, dtype or self.cache_dtype or self.dtype)
         return tuple({"k": z, "v": z} for _ in range(self.n_layer))
 
     def __call__(

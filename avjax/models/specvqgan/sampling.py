@@ -13,8 +13,8 @@
   (`generate_samples.py`): every step runs the full padded sequence (Tc + num_tokens - 1
   positions) and reads the logits at position Tc - 1 + j. Same keys as `sample`, so both
   give the same tokens up to float rounding; used by tests and the benchmark.
-* `for_inference`: bf16 weights (and compute) for sampling, halving the bytes read per
-  token on GPU/TPU. (XLA:CPU emulates bf16 matmuls, so on CPU float32 is as fast or faster.)
+* `for_inference`: bfloat16 or int8 Dense kernels for sampling (`avjax.nn.quantize`),
+  halving or quartering the bytes read per token; the default on GPU / TPU is bfloat16.
 * `sample_long`: audio longer than one 53-column window (the paper's "drum solo") by a
   sliding window; see its docstring for how codes and features are windowed.
 
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avjax.models.specvqgan.gpt import GPT
+from avjax.nn import quantize
 
 NEG_INF = -jnp.inf
 FRAMES_PER_COLUMN = 4  # video-feature frames (21.5 fps) per code column (16 mel hops)
@@ -118,7 +119,7 @@ def sample(
     """Samples code sequences with the KV cache.
 
     Args:
-      model, params: the GPT and its parameters (cast both with `for_inference` for bf16).
+      model, params: the GPT and its parameters (`for_inference` for reduced weights).
       rng: PRNG key; the token at sequence position j uses `fold_in(rng, j)`.
       feats: [B, Tc, feat_dim] condition features (if the model takes features).
       labels: [B] int class labels (if the model takes a class).
@@ -204,11 +205,24 @@ def sample_no_cache(
     return jax.lax.fori_loop(num_prime, stop, step, seq)
 
 
-def for_inference(model: GPT, params, dtype=jnp.bfloat16):
-    """The model computing in `dtype` and its floating-point params cast to it (bf16 weights
-    halve the bytes read per token, which bounds batch-1 sampling speed)."""
-    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-    return model.clone(dtype=dtype, param_dtype=dtype), jax.tree.map(cast, params)
+def for_inference(model: GPT, params, weights_dtype="bfloat16", platform: str | None = None):
+    """(model, params) sampling with `weights_dtype` Dense kernels; params stay float32 on disk.
+
+    Batch-1 sampling reads every weight once per token, so fewer bytes per weight is a
+    faster sampler (`avjax.nn.quantize`): "bfloat16" halves them, "int8" (per-output-
+    channel scales) quarters them; "float32" returns the inputs unchanged. With reduced
+    weights the KV cache is bfloat16 and the model computes in bfloat16 on GPU / TPU, in
+    float32 on CPU (`platform`, default `jax.default_backend()`), where XLA runs the
+    reduced matmuls as described in `avjax.nn.quantize`. Accepts dtypes (jnp.bfloat16) too.
+    """
+    name = weights_dtype if isinstance(weights_dtype, str) else jnp.dtype(weights_dtype).name
+    quantize.check_weights_dtype(name)
+    if name == "float32":
+        return model, params
+    platform = platform or jax.default_backend()
+    compute = jnp.float32 if platform == "cpu" else jnp.bfloat16
+    model = model.clone(dtype=compute, cache_dtype=jnp.bfloat16)
+    return model, quantize.convert_params(params, name)
 
 
 # ------------------------------------------------------------------------- long audio

@@ -22,6 +22,7 @@ from avjax.errors import UserError
 from avjax.models.specvqgan import permuter, sampling
 from avjax.models.specvqgan.codec import Codec
 from avjax.models.specvqgan.gpt import GPT, make_model
+from avjax.nn import quantize
 from avjax.runs import load_run, read_config
 
 
@@ -47,7 +48,7 @@ class Video2Sound:
         cls,
         transformer_workdir: str | pathlib.Path,
         codebook_workdir: str | pathlib.Path | None = None,
-        dtype=jnp.float32,
+        weights_dtype: str | None = None,
     ) -> Video2Sound:
         """Loads a transformer run (config.json + latest checkpoint) and its codebook.
 
@@ -55,8 +56,9 @@ class Video2Sound:
           transformer_workdir: a `task='transformer'` run (trained, or imported with
             `launch/convert_checkpoint.py --kind transformer`).
           codebook_workdir: the codebook run; default the run's `codebook.workdir`.
-          dtype: compute and weight dtype of the transformer (bfloat16 halves the bytes read
-            per sampled token).
+          weights_dtype: "float32", "bfloat16" or "int8" Dense kernels for sampling (fewer
+            bytes read per token; `sampling.for_inference`); default bfloat16 on GPU / TPU,
+            float32 on CPU. The checkpoint stays float32; conversion happens here.
         """
         config = read_config(transformer_workdir, "transformer")
         codebook_workdir = codebook_workdir or config.codebook.workdir
@@ -67,16 +69,23 @@ class Video2Sound:
             )
         model = make_model(config.model)
         params = load_run(transformer_workdir, "transformer").params
-        return cls.from_parts(config, model, params, Codec.from_workdir(codebook_workdir), dtype)
+        weights_dtype = weights_dtype or quantize.default_weights_dtype()
+        return cls.from_parts(
+            config, model, params, Codec.from_workdir(codebook_workdir), weights_dtype
+        )
 
     @classmethod
-    def from_parts(cls, config, model: GPT, params: dict, codec: Codec, dtype=jnp.float32):
+    def from_parts(
+        cls, config, model: GPT, params: dict, codec: Codec, weights_dtype: str = "float32"
+    ) -> Video2Sound:
         """A transformer run's `config`, its model and (float32) params, and its codebook.
 
         The trainer's in-loop evaluator builds one from the current state this way.
         """
-        if jnp.dtype(dtype) != jnp.float32:
-            model, params = sampling.for_inference(model, params, jnp.dtype(dtype))
+        try:
+            model, params = sampling.for_inference(model, params, weights_dtype)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         grid = jax.eval_shape(
             lambda p, x: codec.model.apply({"params": p}, x, method="encode")[2]["indices"],
             codec.params,

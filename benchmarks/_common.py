@@ -1,0 +1,116 @@
+"""Helpers of the benchmarks (not one itself): device facts, peak FLOP/s, bandwidth, JSON.
+
+Every benchmark script takes `--out DIR` and `--quick` (a time-bounded run of the same
+measurements at fewer repeats, for `run_all.py`), writes one JSON per run into DIR with
+the device named in it, and puts a `summary` list of `[what, value]` rows in that JSON:
+the lines `run_all.py` prints in its table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import time
+
+import numpy as np
+
+# Dense bf16 peak TFLOP/s by device kind (vendor data sheets; H100/H200 SXM, no sparsity).
+# Matched in order against `device.device_kind`, so the more specific names come first.
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("A100", 312.0),
+    ("TPU v5 lite", 197.0),
+    ("TPU v5e", 197.0),
+    ("TPU v5p", 459.0),
+    ("TPU v5", 459.0),
+    ("TPU v4", 275.0),
+    ("TPU v6 lite", 918.0),
+)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """Dense bf16 peak of a device kind ("NVIDIA H100 80GB HBM3" -> 989), None if unknown."""
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in device_kind.lower():
+            return value
+    return None
+
+
+def device_info() -> dict:
+    """The first JAX device and the host: what every benchmark JSON records."""
+    import jax
+
+    dev = jax.devices()[0]
+    info = {
+        "device": f"{dev.platform}:{dev.device_kind}",
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "num_devices": jax.device_count(),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+    }
+    peak = peak_tflops(dev.device_kind) if dev.platform != "cpu" else None
+    if peak:
+        info["peak_bf16_tflops"] = peak
+    return info
+
+
+def load_average() -> float:
+    """1-minute load average (above the core count: other jobs competed for the CPU)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def copy_bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
+    """Host memory bandwidth: bytes read + written per second by a numpy copy of `mib` MiB.
+
+    The best of `repeats` copies between two preallocated float32 arrays (one thread).
+    """
+    a = np.ones(mib * 2**18, np.float32)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    best = min(_timed_copy(a, b) for _ in range(repeats))
+    return round(2 * a.nbytes / best / 1e9, 2)
+
+
+def _timed_copy(a, b) -> float:
+    t0 = time.perf_counter()
+    np.copyto(b, a)
+    return time.perf_counter() - t0
+
+
+def device_copy_bandwidth_gbs(mib: int = 1024, repeats: int = 5) -> float:
+    """Accelerator memory bandwidth: bytes read + written per second by a jitted copy."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones(mib * 2**18, jnp.float32)
+    copy = jax.jit(lambda a: a + 1.0)
+    jax.block_until_ready(copy(x))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(copy(x))
+        best = min(best, time.perf_counter() - t0)
+    return round(2 * x.nbytes / best / 1e9, 2)
+
+
+def memory_bandwidth_gbs(platform: str, quick: bool = False) -> float:
+    """Copy bandwidth of the memory the weights live in: host RAM on CPU, else the device's."""
+    if platform == "cpu":
+        return copy_bandwidth_gbs(256 if quick else 1024)
+    return device_copy_bandwidth_gbs()
+
+
+def write_json(out: str | pathlib.Path, name: str, result: dict) -> pathlib.Path:
+    """Writes `result` as OUT/name.json (creating OUT) and returns the path."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

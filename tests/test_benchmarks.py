@@ -1,0 +1,108 @@
+"""benchmarks/run_all.py's plumbing (no timings are checked): per-benchmark processes with
+time limits, their JSON gathered into one report and table, the device peaks, and the
+benchmarks themselves in tiny mode."""
+
+import json
+import textwrap
+
+import pytest
+
+from benchmarks import _common, run_all
+
+
+def test_peak_tflops_by_device_kind():
+    assert _common.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert _common.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert _common.peak_tflops("NVIDIA H200") == 989.0
+    assert _common.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert _common.peak_tflops("TPU v5 lite") == 197.0
+    assert _common.peak_tflops("TPU v5p") == 459.0
+    assert _common.peak_tflops("TPU v4") == 275.0
+    assert _common.peak_tflops("cpu") is None
+
+
+def _script(tmp_path, name, body):
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_run_one_reports_results_failures_and_timeouts(tmp_path):
+    ok = _script(
+        tmp_path,
+        "good",
+        """
+        import json, pathlib, sys
+        out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "good_cpu.json").write_text(json.dumps(
+            {"device": "cpu:cpu", "args": sys.argv[1:], "summary": [["step", "1.5 s"]]}))
+        """,
+    )
+    bad = _script(tmp_path, "bad", "import sys; print('boom'); sys.exit(3)")
+    slow = _script(tmp_path, "slow", "import time; time.sleep(60)")
+    out = tmp_path / "out"
+    rows = {
+        "good": run_all.run_one("good", ["--quick"], out, 60, ok),
+        "bad": run_all.run_one("bad", [], out, 60, bad),
+        "slow": run_all.run_one("slow", [], out, 1, slow),
+    }
+    good = rows["good"]
+    assert good["status"] == "ok" and good["device"] == "cpu:cpu"
+    assert good["summary"] == [["step", "1.5 s"]] and good["results"] == ["good/good_cpu.json"]
+    args = json.loads((out / "good" / "good_cpu.json").read_text())["args"]
+    assert args == ["--quick", "--out", str(out / "good")]
+    assert rows["bad"]["status"] == "failed (exit 3)" and "boom" in rows["bad"]["log_tail"]
+    assert rows["slow"]["status"] == "timeout after 1 s" and rows["slow"]["seconds"] < 30
+    table = run_all.table(rows).splitlines()
+    assert table[2].startswith("| good | step | 1.5 s | ok (")
+    assert table[3] == f"| bad | - | - | failed (exit 3) ({rows['bad']['seconds']} s) |"
+
+
+def test_every_benchmark_has_quick_and_tiny_modes():
+    names = run_all.discover()
+    assert names[:4] == [
+        "specvqgan_sampling",
+        "specvqgan_codebook",
+        "melgan_vocoder",
+        "sound2sight",
+    ]
+    for name in names:
+        for mode in ("accel", "cpu", "tiny"):
+            args, timeout = run_all.arguments(name, mode)
+            assert "--quick" in args and 0 < timeout <= 300
+    # An unlisted script still runs, time-bounded.
+    assert run_all.arguments("mcav_future", "tiny") == (["--quick", "--tiny"], 120)
+    assert run_all.BUDGET_S["accel"] <= 8 * 60
+
+
+def test_run_all_tiny_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_all.main(["--tiny", "--only", "melgan_vocoder", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "run_all.json").read_text())
+    row = report["benchmarks"]["melgan_vocoder"]
+    assert report["mode"] == "tiny" and row["status"] == "ok" and row["device"] == "cpu:cpu"
+    data = json.loads((out / row["results"][0]).read_text())
+    assert data["benchmark"] == "melgan_vocoder" and data["results"][0]["samples"] == 16 * 256
+    printed = capsys.readouterr().out
+    assert "| melgan_vocoder | 16 frames, batch 1, float32 |" in printed
+    with pytest.raises(SystemExit):
+        run_all.main(["--tiny", "--accel"])  # one mode at a time
+    assert run_all.main(["--only", "nope", "--out", str(out)]) == 1
+    assert run_all.main(["--accel", "--out", str(out)]) == 1  # JAX sees only the CPU here
+    assert "--accel needs a GPU or TPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_all_benchmarks_run_in_tiny_mode(tmp_path):
+    """Each benchmark script end to end at tiny sizes (a few minutes on 2 cores)."""
+    out = tmp_path / "run"
+    assert run_all.main(["--tiny", "--out", str(out)]) == 0, (out / "run_all.json").read_text()
+    report = json.loads((out / "run_all.json").read_text())["benchmarks"]
+    assert all(r["summary"] for r in report.values())
+    sampling = json.loads(
+        (out / "specvqgan_sampling" / "specvqgan_sampling_tiny_int8_cpu.json").read_text()
+    )
+    assert sampling["positions"] == 44 and 0.0 <= sampling["top1_agreement"] <= 1.0
+    assert sampling["seconds_per_clip"] > 0

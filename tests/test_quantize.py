@@ -1,0 +1,139 @@
+"""Reduced-precision Dense weights (avjax/nn/quantize.py): int8 quantisation by hand, the
+converted tree, Dense against flax's and against the dequantised product on both routes,
+int8 kept in the sampler's loop (no float copy of the weights hoisted out of it), and the
+GPT sampled with bfloat16 / int8 kernels."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avjax.models.specvqgan import sampling
+from avjax.models.specvqgan.gpt import GPT
+from avjax.nn import quantize
+
+
+def test_quantize_int8_by_hand():
+    w = np.array([[1.0, -2.0, 0.0], [0.5, 4.0, 0.0]], np.float32)
+    q, s = quantize.quantize_int8(w)
+    # Column scales max|w| / 127 (1 for an all-zero column); values rint(w / s).
+    np.testing.assert_allclose(s, [1 / 127, 4 / 127, 1.0], rtol=1e-7)
+    np.testing.assert_array_equal(q, [[127, -64, 0], [64, 127, 0]])  # 63.5 -> 64, -63.5 -> -64
+    assert q.dtype == np.int8
+    np.testing.assert_allclose(quantize.dequantize(q, s), [[1, -2.015748, 0], [0.503937, 4, 0]])
+
+
+def test_convert_params_reduces_dense_kernels_only():
+    params = {
+        "dense": {"kernel": np.ones((4, 3), np.float32), "bias": np.ones(3, np.float32)},
+        "conv": {"kernel": np.ones((3, 3, 2, 2), np.float32)},
+        "ln": {"scale": np.ones(3, np.float32)},
+    }
+    q = quantize.convert_params(params, "int8")
+    assert q["dense"]["kernel"].dtype == jnp.int8 and q["dense"]["kernel_scale"].shape == (3,)
+    assert q["dense"]["bias"].dtype == np.float32 and q["conv"]["kernel"].dtype == np.float32
+    assert "kernel_scale" not in q["conv"] and q["ln"]["scale"].dtype == np.float32
+    b = quantize.convert_params(params, "bfloat16")
+    assert b["dense"]["kernel"].dtype == jnp.bfloat16 and b["conv"]["kernel"].dtype == np.float32
+    assert quantize.convert_params(params, "float32") is params
+    # int8 kernel 12 + scales 3 * 4 + bias 3 * 4 + conv 36 * 4 + ln 3 * 4 bytes
+    assert quantize.param_bytes(q) == 12 + 12 + 12 + 36 * 4 + 12
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        quantize.convert_params(params, "float16")
+
+
+@pytest.fixture(scope="module")
+def dense():
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 48))
+    layer = quantize.Dense(40, kernel_init=nn.initializers.normal(0.05))
+    params = layer.init(jax.random.PRNGKey(1), x)["params"]
+    params["bias"] = 0.1 * jnp.arange(40.0)
+    return x, params
+
+
+def test_dense_with_float_kernel_is_flax_dense(dense):
+    x, params = dense
+    ours = quantize.Dense(40).apply({"params": params}, x)
+    theirs = nn.Dense(40).apply({"params": params}, x)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("route", ["cpu", "plain"])
+def test_dense_int8_and_bf16_match_the_dequantised_product(dense, route):
+    x, params = dense
+    layer = quantize.Dense(40, dtype=jnp.float32, route=route)
+    q = quantize.convert_params(params, "int8")
+    want = x @ quantize.dequantize(q["kernel"], q["kernel_scale"]) + params["bias"]
+    for rows in (x, x[:1]):  # one row is padded to two on the CPU route
+        got = layer.apply({"params": q}, rows)
+        # "plain" dequantises the kernel exactly; "cpu" also rounds each row to int8
+        # (relative step 1/254 per element, errors averaging over 48 terms).
+        tol = 1e-5 if route == "plain" else 2e-2
+        np.testing.assert_allclose(got, want[: len(rows)], atol=tol * float(jnp.abs(want).max()))
+    b = quantize.convert_params(params, "bfloat16")
+    want = x @ b["kernel"].astype(jnp.float32) + params["bias"]
+    got = layer.apply({"params": b}, x)
+    np.testing.assert_allclose(got, want, atol=1e-2 * float(jnp.abs(want).max()))
+
+
+def _entry(hlo: str) -> str:
+    """The ENTRY computation of an HLO module's text."""
+    return re.search(r"^ENTRY .*?^}", hlo, flags=re.S | re.M).group(0)
+
+
+@pytest.mark.parametrize("route", ["cpu", "plain"])
+def test_int8_kernel_stays_int8_in_the_loop(dense, route):
+    """A scan over steps reuses the same int8 kernel: no float32 copy of it outside the loop."""
+    x, params = dense
+    q = quantize.convert_params(params, "int8")
+    layer = quantize.Dense(40, route=route)
+
+    def steps(p, x0):
+        def body(h, _):
+            y = layer.apply({"params": p}, h)
+            return h + 1e-3 * y[:, :1], None
+
+        return jax.lax.scan(body, x0, None, length=4)[0]
+
+    hlo = jax.jit(steps).lower(q, x[:1]).compile().as_text()
+    assert "s8[48,40]" in hlo
+    # A float copy of the whole kernel before the loop is what the barrier prevents.
+    assert "f32[48,40]" not in _entry(hlo) and "bf16[48,40]" not in _entry(hlo)
+    if route == "cpu":  # int8 x int8 -> int32: the kernel is never converted at all
+        assert "f32[48,40]" not in hlo
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt():
+    model = GPT(32, 6 + 20, n_layer=2, n_head=2, n_embd=32, feat_dim=8)
+    feats = jax.random.normal(jax.random.PRNGKey(1), (1, 6, 8))
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.int32), feats)["params"]
+    # Larger logits than the N(0, 0.02) init, so the next-token ranking is clear-cut.
+    params["head"]["kernel"] = params["head"]["kernel"] * 50.0
+    return model, params, feats
+
+
+@pytest.mark.parametrize("weights_dtype", ["bfloat16", "int8"])
+def test_gpt_samples_with_reduced_weights(tiny_gpt, weights_dtype):
+    model, params, feats = tiny_gpt
+    m, p = sampling.for_inference(model, params, weights_dtype, platform="cpu")
+    assert m.dtype == jnp.float32 and m.cache_dtype == jnp.bfloat16
+    assert jax.tree.leaves(m.init_cache(1))[0].dtype == jnp.bfloat16
+    kernel = p["blocks_0"]["mlp_0"]["kernel"]
+    assert kernel.dtype == jnp.dtype(weights_dtype) and p["pos_emb"].dtype == jnp.float32
+    toks = jax.random.randint(jax.random.PRNGKey(2), (1, 19), 0, 32)
+    ref = model.apply({"params": params}, toks, feats)
+    got = m.apply({"params": p}, toks, feats)
+    assert float(jnp.abs(got - ref).max()) < 0.05 * float(jnp.abs(ref).max())
+    assert float((got.argmax(-1) == ref.argmax(-1)).mean()) > 0.9
+    codes = sampling.sample(m, p, jax.random.PRNGKey(0), feats, num_tokens=20, temperature=0.0)
+    want = sampling.sample(
+        model, params, jax.random.PRNGKey(0), feats, num_tokens=20, temperature=0.0
+    )
+    assert codes.shape == (1, 20) and float((codes == want).mean()) > 0.5
+    # Accelerators compute in bfloat16.
+    assert sampling.for_inference(model, params, weights_dtype, "gpu")[0].dtype == jnp.bfloat16
+    assert sampling.for_inference(model, params, "float32")[1] is params
