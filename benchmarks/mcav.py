@@ -9,7 +9,8 @@ the motion memory, 5 seen + 15 predicted frames as the config trains), one stage
 (CAR U-Net on the frozen MME's rollout), and a rollout of the 25 eval frames (5 seen, 20
 predicted) of `--batch` clips with both stages. There is no official code to compare
 with; Sound2Sight's benchmark (`benchmarks/sound2sight.py`) runs the same clip shapes.
-The JSON also holds XLA's FLOP count of each step (time loops unrolled to count) and the achieved GFLOP/s.
+The JSON also holds XLA's FLOP count of each step (time loops unrolled to count) and
+the achieved GFLOP/s.
 `--quick`: two timed calls of each part.
 """
 
