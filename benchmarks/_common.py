@@ -107,6 +107,21 @@ def memory_bandwidth_gbs(platform: str, quick: bool = False) -> float:
     return device_copy_bandwidth_gbs()
 
 
+def step_gflop(fn, *args) -> float:
+    """XLA's FLOP count of `fn(*args)` in GFLOP, from its lowering for the CPU.
+
+    Lowered for the CPU whatever the device (GPU lowerings report no cost analysis) from
+    shapes only, so nothing is compiled or placed. XLA counts a loop body once: trace `fn`
+    with its loops unrolled (and, for avjax's convolutions, inside `plain_lax()`).
+    """
+    import jax
+
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    cost = jax.jit(fn).trace(*spec).lower(lowering_platforms=("cpu",)).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", 0.0)) / 1e9
+
+
 def write_json(out: str | pathlib.Path, name: str, result: dict) -> pathlib.Path:
     """Writes `result` as OUT/name.json (creating OUT) and returns the path."""
     out = pathlib.Path(out)

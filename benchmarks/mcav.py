@@ -89,9 +89,8 @@ def main():
         # unrolled and the convolutions as plain lax (lowered only, never compiled).
         unroll, task.unroll = task.unroll, 0
         with plain_lax():
-            cost = jax.jit(lambda st, bb: task.train_step(st, bb)).lower(state, b).cost_analysis()
+            gflop = _common.step_gflop(task.train_step, state, b)
         task.unroll = unroll
-        gflop = (cost or {}).get("flops", 0.0) / 1e9
         s, times = min_time(lambda st, bb: compiled(st, bb)[1], state, b, repeats=args.repeats)
         result[f"{label}_step_gflop"] = round(gflop, 1)
         result.update({f"{label}_step_s": round(s, 4), f"{label}_step_all_s": times})

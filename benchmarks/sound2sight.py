@@ -101,9 +101,7 @@ def main():
         b = batch(args.batch, 20)
         result["train_compile_s"] = round(compile_s, 2)
         with plain_lax():  # XLA counts a scan body once: count plain-lax convolutions
-            fresh = jax.jit(lambda s, bb: task.train_step(s, bb))  # a new trace, not a cached one
-            cost = fresh.lower(state, b).cost_analysis()
-        result["train_step_gflop"] = round(cost.get("flops", 0.0) / 1e9, 1)
+            result["train_step_gflop"] = round(_common.step_gflop(task.train_step, state, b), 1)
         s, times = min_time(lambda st, bb: compiled(st, bb)[1], state, b, repeats=args.repeats)
         result.update(train_step_s=round(s, 4), train_steps_per_s=round(1 / s, 3))
         result["train_achieved_gflops"] = round(result["train_step_gflop"] / s, 1)

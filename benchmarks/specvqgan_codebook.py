@@ -94,14 +94,8 @@ def main():
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     info = _common.device_info()
-    if info["platform"] == "cpu":
-        with plain_lax():  # XLA counts a scan body once: count the plain-lax step instead
-            fresh = jax.jit(lambda s, b: task.train_step(s, b))  # a new trace, not a cached one
-            cost = fresh.lower(state, batch).cost_analysis()
-    else:  # no scans on GPU / TPU: the compiled step's own count
-        cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    with plain_lax():  # XLA counts a scan body once: count the plain-lax step instead
+        flops = 1e9 * _common.step_gflop(task.train_step, state, batch)
 
     state, _ = compiled(state, batch)
     jax.block_until_ready(state)

@@ -59,13 +59,23 @@ def test_run_one_reports_results_failures_and_timeouts(tmp_path):
     assert table[3] == f"| bad | - | - | failed (exit 3) ({rows['bad']['seconds']} s) |"
 
 
+def test_step_gflop_counts_a_matmul_from_shapes():
+    import jax.numpy as jnp
+
+    a = jnp.ones((64, 32), jnp.float32)
+    b = jnp.ones((32, 16), jnp.float32)
+    # 64 * 32 * 16 multiply-adds; lowered for the CPU from shapes, whatever the device.
+    assert _common.step_gflop(lambda x, y: x @ y, a, b) * 1e9 == 2 * 64 * 32 * 16
+
+
 def test_every_benchmark_has_quick_and_tiny_modes():
     names = run_all.discover()
-    assert names[:4] == [
+    assert names[:5] == [
         "specvqgan_sampling",
         "specvqgan_codebook",
-        "melgan_vocoder",
         "sound2sight",
+        "mcav",
+        "melgan_vocoder",
     ]
     for name in names:
         for mode in ("accel", "cpu", "tiny"):
