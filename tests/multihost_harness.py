@@ -5,10 +5,12 @@
 Each process gets DEVICES fake CPU devices and CPU collectives (gloo), and initialises
 `jax.distributed` itself with the coordinator on localhost:PORT (N = 1: no distributed
 set-up), so the launcher's own multi-host flags are not involved. With N > 1 the
-persistent compilation cache is off (a process that finds its programs there races ahead
-of one that compiles, and the CPU collectives' set-up gave up between them) and the
-collectives' time-outs are raised. `run_processes` starts the N processes and waits for
-them with a time limit.
+collectives' time-outs are raised, and the persistent compilation cache is either off or
+one given to every process of a run (`cache_dir`): never the suite's shared cache, where
+one process can find programs the other must compile, race ahead, and leave the CPU
+collectives' set-up to give up between them. A cache that starts empty is symmetric: both
+processes compile the same programs on a first run and both find them on a second (a
+resume). `run_processes` starts the N processes and waits for them with a time limit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900  # collectives set-up and stragglers on a loaded 2-core machine
 CONFIG_UPDATE = "AVJAX_TEST_CONFIG_UPDATE"
+CACHE = "AVJAX_TEST_RUN_CACHE"
 
 
 def free_port() -> int:
@@ -56,13 +59,15 @@ def run_processes(
     args: list[str],
     config_update: dict | None = None,
     timeout: float = TIMEOUT_S,
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[subprocess.CompletedProcess]:
     """Runs `launch/train.py args` as `num_processes` processes; their completed results.
 
     `config_update` ({field: value}, dicts become sections) is set on the parsed config
     before training: fields a locked config cannot take from the command line, such as
-    `evals`. All processes are killed when one fails or the time limit passes (so a hung
-    collective never blocks the suite).
+    `evals`. `cache_dir`: the compilation cache of every process (default: off with
+    several processes, the suite's with one). All processes are killed when one fails or
+    the time limit passes (so a hung collective never blocks the suite).
     """
     port = free_port()
     env = {
@@ -70,7 +75,10 @@ def run_processes(
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": _xla_flags(devices),
         CONFIG_UPDATE: json.dumps(config_update or {}),
+        CACHE: os.fspath(cache_dir or ""),
     }
+    if cache_dir:
+        env["AVJAX_JAX_CACHE"] = os.fspath(cache_dir)  # what launch/common.setup_jax reads
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(k, None)
     with contextlib.ExitStack() as stack:
@@ -113,7 +121,8 @@ def main():
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if count > 1:
-        jax.config.update("jax_enable_compilation_cache", False)
+        if not os.environ.get(CACHE):
+            jax.config.update("jax_enable_compilation_cache", False)
         jax.distributed.initialize(
             f"localhost:{port}",
             num_processes=count,
