@@ -322,3 +322,49 @@ def test_ablation_switches_remove_their_modules():
     assert (dec_in("concat"), dec_in("add")) == (16, 8)
     with pytest.raises(ValueError, match="recall_keys"):
         _param_names(MotionEstimator(recall_keys="nope", **TINY_MME), frames, flows, audio)
+
+
+def test_auto_unroll_has_no_loop_on_cpu_and_the_same_gradients(mcav):
+    """`scan_unroll=-1` (AUTO_UNROLL): no while loop when lowered for CPU (XLA:CPU's slow
+    convolution gradients in loop bodies), a loop for GPU, and the CAR loss and gradients of
+    a one-step-per-iteration scan."""
+    mme, car, var = mcav
+    frames, flows, audio = _clip(seed=3)
+    m, _ = jax.jit(
+        lambda v: mcav_model.run_motion(mme, v, frames, flows, audio, jnp.arange(T - 1) < K)
+    )(var["mme"])
+    use_gt = jnp.arange(T - K) == 0
+
+    def loss(params, unroll):
+        out, _ = mcav_model.run_refine(
+            car,
+            {**var["car"], "params": params},
+            mme,
+            var["mme"],
+            frames,
+            m["flow"],
+            m["audio"],
+            K,
+            use_gt,
+            train=True,
+            unroll=unroll,
+        )
+        return jnp.mean((out["frame"] - frames[:, K:]) ** 2)
+
+    grads = {
+        u: jax.jit(jax.value_and_grad(lambda p, u=u: loss(p, u)))(_scaled(var["car"]["params"]))
+        for u in (1, mcav_model.AUTO_UNROLL)
+    }
+    (l1, g1), (la, ga) = grads[1], grads[mcav_model.AUTO_UNROLL]
+    assert float(l1) > 1e-4  # the scaled CAR changes the frames: a real loss
+    np.testing.assert_allclose(la, l1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g1)) > 1e-3
+
+    def hlo(unroll, platform):
+        fn = jax.jit(jax.grad(lambda p: loss(p, unroll)))
+        return fn.trace(var["car"]["params"]).lower(lowering_platforms=(platform,)).as_text()
+
+    assert "stablehlo.while" not in hlo(mcav_model.AUTO_UNROLL, "cpu")
+    assert "stablehlo.while" in hlo(mcav_model.AUTO_UNROLL, "cuda")

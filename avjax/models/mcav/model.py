@@ -20,7 +20,19 @@ from avjax.models.mcav.motion import MotionEstimator
 from avjax.models.mcav.refine import ContextRefiner
 from avjax.video.flow import warp
 
-__all__ = ["make_model", "predict", "run_motion", "run_refine", "scan_unroll"]
+__all__ = [
+    "AUTO_UNROLL",
+    "make_model",
+    "predict",
+    "run_motion",
+    "run_refine",
+    "scan_unroll",
+    "time_scan",
+]
+
+# `unroll` value (config.model.scan_unroll): the time loops fully unrolled in programs lowered
+# for CPU, one step per loop iteration elsewhere (`time_scan`).
+AUTO_UNROLL = -1
 
 
 def _apply(module, variables: dict, method, *args, train: bool):
@@ -35,11 +47,30 @@ def _apply(module, variables: dict, method, *args, train: bool):
 
 def scan_unroll(unroll: int) -> int | bool:
     """`lax.scan`'s `unroll` from a config value: n >= 1 steps per loop iteration, 0 the
-    whole loop unrolled (no loop left: on XLA:CPU the training step then runs about 3x
-    faster, for a longer compile; the results agree up to float rounding)."""
+    whole loop unrolled (no loop left; the results agree up to float rounding).
+    `AUTO_UNROLL` (-1) is resolved per platform by `time_scan`, not here."""
     if unroll < 0:
         raise ValueError(f"scan_unroll must be >= 0, got {unroll}")
     return True if unroll == 0 else int(unroll)
+
+
+def time_scan(body, init, xs, unroll: int):
+    """`lax.scan(body, init, xs)` over time with `unroll` (`scan_unroll`), or, with
+    `AUTO_UNROLL`, fully unrolled when lowered for CPU and one step per iteration elsewhere.
+
+    Why unroll on CPU: XLA:CPU emits the gradients of a convolution inside a loop body (its
+    input and kernel gradients) with a generic loop nest instead of its Eigen kernels, 10-50x
+    slower (3x3 32->32 conv at [2, 48, 48], 15 steps: kernel gradient 796 ms in a `scan`
+    against 17 ms unrolled), which made the paper CAR training step 12x slower. Both
+    branches are traced (`lax.platform_dependent`); only the lowered platform's is compiled.
+    """
+    if unroll != AUTO_UNROLL:
+        return jax.lax.scan(body, init, xs, unroll=scan_unroll(unroll))
+
+    def run(u):
+        return lambda init, xs: jax.lax.scan(body, init, xs, unroll=u)
+
+    return jax.lax.platform_dependent(init, xs, cpu=run(True), default=run(1))
 
 
 def _time_major(x: jax.Array) -> jax.Array:
@@ -66,7 +97,7 @@ def run_motion(
       audio: [B, T, Fa, Ta] (every step's patch: the memory holds x_a[0..i+1] at step i).
       use_gt: bool [T-1]; `use_gt[0]` must be True (nothing was predicted before step 0).
       train: BatchNorm batch statistics (and their running averages updated).
-      unroll: time steps per iteration of the compiled loop (`scan_unroll`).
+      unroll: time steps per iteration of the compiled loop (`time_scan`).
 
     Returns:
       ({"flow": F_hat[1..T-1] [B, T-1, S, S, 2], "frame": warp(E_m's frame i, F_hat[i+1])
@@ -100,7 +131,7 @@ def run_motion(
         return (stats, carry), out
 
     init = (stats, mme.initial_carry(b))
-    (stats, _), outs = jax.lax.scan(body, init, xs, unroll=scan_unroll(unroll))
+    (stats, _), outs = time_scan(body, init, xs, unroll)
     out = {k: jnp.moveaxis(v, 0, 1) for k, v in outs.items()}
     return {**out, "audio": xa}, stats
 
@@ -131,7 +162,7 @@ def run_refine(
       use_gt: bool [T - n_past]; `use_gt[0]` True (V[n_past-1] is given), then CAR's own
         previous output (gradient stopped) where False.
       train: BatchNorm batch statistics of CAR (MME always in eval mode).
-      unroll: time steps per iteration of the compiled loop (`scan_unroll`).
+      unroll: time steps per iteration of the compiled loop (`time_scan`).
 
     Returns:
       ({"frame": refined V_hat[n_past..T-1] [B, T-n_past, S, S, C], "warped": the frames
@@ -167,7 +198,7 @@ def run_refine(
         return (stats, out), {"frame": out, "warped": warped}
 
     init = (stats, jnp.zeros_like(frames[:, 0]))
-    (stats, _), outs = jax.lax.scan(body, init, xs, unroll=scan_unroll(unroll))
+    (stats, _), outs = time_scan(body, init, xs, unroll)
     return {k: jnp.moveaxis(v, 0, 1) for k, v in outs.items()}, stats
 
 
@@ -193,7 +224,7 @@ def predict(
       frames: [B, T, S, S, C] in [0, 1]; flows: [B, T, S, S, 2] ground-truth backward flows
         (F[0] = 0); audio: [B, T, Fa, Ta].
       n_past: seen frames K, 1 <= K < T.
-      unroll: time steps per iteration of the compiled loops (`scan_unroll`).
+      unroll: time steps per iteration of the compiled loops (`time_scan`).
 
     Returns:
       {"frames": [B, T-K, S, S, C] predicted V[K..T-1], "flows": [B, T-K, S, S, 2]

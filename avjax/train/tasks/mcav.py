@@ -163,10 +163,10 @@ class MCAVTask:
         self.frozen_mme = frozen_mme
         self.sample_clips, self.fps = sample_clips, fps
         self.unroll = unroll
-        if unroll < 0:
+        if unroll < mcav_model.AUTO_UNROLL:
             raise UserError(
-                f"config.model.scan_unroll={unroll} must be >= 0 (steps per loop iteration; "
-                "0 unrolls the time loops)"
+                f"config.model.scan_unroll={unroll} must be >= -1 (steps per loop iteration; "
+                "0 unrolls the time loops, -1 unrolls them on CPU only)"
             )
         self._predict_first = jax.jit(self._first_clips, static_argnums=2)
 
