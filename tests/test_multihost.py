@@ -170,7 +170,7 @@ def _check(results, source):
 
 
 def test_two_processes_from_flags_and_from_jax_variables(tmp_path):
-    """Also trains 4 steps of a one-vector task through the loop, checkpoints from both."""
+    """Also trains 4 steps of a one-vector task through the loop, checkpointing from both."""
     address = f"localhost:{_free_port()}"
     run = f"--train_workdir={tmp_path / 'run'}"
     results = _run_pair(
@@ -193,10 +193,14 @@ def test_two_processes_from_flags_and_from_jax_variables(tmp_path):
         assert r["last_loss"] == pytest.approx((0.9**3 + 0.9**2 * 2 + 0.9 * 3 + 4) ** 2, rel=1e-6)
     steps = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in steps.iterdir()) == ["2", "4"]
-    assert sorted(p.name for p in (steps / "4" / "state").glob("ocdbt.process_*")) == [
-        "ocdbt.process_0",
-        "ocdbt.process_1",
+    # Each process saved its own data iterator; the state, replicated over both processes'
+    # devices and small, is written once, by process 0 (`avjax.checkpoints`: no
+    # replica-parallel slices below 4 MiB).
+    assert sorted(p.name for p in (steps / "4" / "data").glob("process_*.json")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
     ]
+    assert (steps / "4" / "state" / "ocdbt.process_0").is_dir()
 
 
 def test_two_processes_from_a_slurm_environment(tmp_path):
