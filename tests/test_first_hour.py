@@ -147,16 +147,18 @@ def test_mel_figure_layout_and_colours(tmp_path):
 
 
 # ------------------------------------------------------------------ progress and logs
-def test_progress_rate_eta_and_short_lines():
+def test_progress_rate_eta_and_short_lines(monkeypatch):
     p = progress_lib.Progress(100, 0, enabled=True, stream=io.StringIO())
     assert not p.tty
     p.reset(0)
-    p._t0 -= 10.0  # 10 s since the reset, 5 of them in pauses
+    now = p._t0 + 10.0  # a frozen clock: 10 s since the reset, 5 of them in pauses
+    monkeypatch.setattr(progress_lib.time, "perf_counter", lambda: now)
     p._paused = 5.0
-    assert p.steps_per_sec(10) == pytest.approx(2.0, rel=1e-3)
-    assert p.eta(10) == pytest.approx(45.0, rel=1e-3)
+    assert p.steps_per_sec(10) == pytest.approx(2.0, rel=1e-9)
+    assert p.eta(10) == pytest.approx(45.0, rel=1e-9)
     metrics = {f"train/m{i}": float(i) for i in range(30)} | {"train/loss": 0.25}
     line = p.line(10, metrics)
+    monkeypatch.undo()  # `excluding` below measures a real pause
     assert line.startswith("step 10/100  2.00 steps/s  eta 45s  loss=0.25")
     assert len(line) <= progress_lib.MAX_WIDTH
     slow = p.excluding("evaluating", lambda: time.sleep(0.05) or 7)
