@@ -107,6 +107,20 @@ def memory_bandwidth_gbs(platform: str, quick: bool = False) -> float:
     return device_copy_bandwidth_gbs()
 
 
+def min_time(fn, *args, repeats: int) -> tuple[float, list[float]]:
+    """(fastest, all) seconds of `repeats` calls of `fn(*args)` after a warm-up call (the
+    machine is shared: the minimum is the least disturbed)."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(min(times)), [round(t, 4) for t in times]
+
+
 def step_gflop(fn, *args) -> float:
     """XLA's FLOP count of `fn(*args)` in GFLOP, from its lowering for the CPU.
 

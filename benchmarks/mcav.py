@@ -45,16 +45,6 @@ from configs import mcav_m3so_nb, sound2sight_m3so_nb
 PARTS = ("flow", "motion", "refine", "rollout", "s2s")
 
 
-def min_time(fn, *args, repeats: int) -> tuple[float, list[float]]:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(min(times)), [round(t, 4) for t in times]
-
-
 def flow_times(num_clips: int, data_dir: str | None) -> dict:
     """TV-L1 of `num_clips` clips as `launch/add_flow.py` computes it, one OpenCV thread."""
     import cv2
@@ -100,7 +90,7 @@ def matmul_peak(n: int, repeats: int) -> tuple[float, float]:
     """(GFLOP/s, seconds) of the best of `repeats` jitted float32 [n, n] x [n, n] matmuls."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    s, _ = min_time(jax.jit(jnp.matmul), a, b, repeats=repeats)
+    s, _ = _common.min_time(jax.jit(jnp.matmul), a, b, repeats=repeats)
     return 2.0 * n**3 / s / 1e9, s
 
 
@@ -218,7 +208,7 @@ def main():
         gflops, _ = matmul_peak(peak_n, args.repeats)
         rounds["peak"].append(round(gflops, 1))
         for label, (fn, st, b, _) in parts.items():
-            s, _ = min_time(fn, st, b, repeats=args.repeats)
+            s, _ = _common.min_time(fn, st, b, repeats=args.repeats)
             rounds[label].append(round(s, 4))
     peak = max(rounds["peak"])
     result.update(
@@ -255,7 +245,9 @@ def main():
         roll = jax.jit(
             lambda st, x, f, a: refine.predict(st, x.astype(jnp.float32) / 255.0, f, a)["frames"]
         )
-        s, times = min_time(roll, r_state, b["frames"], b["flow"], b["audio"], repeats=args.repeats)
+        s, times = _common.min_time(
+            roll, r_state, b["frames"], b["flow"], b["audio"], repeats=args.repeats
+        )
         result.update(rollout_s=round(s, 4), rollout_all_s=times)
         summary.append([f"rollout, {d.n_eval} predicted frames ({what})", f"{s:.4f} s"])
 

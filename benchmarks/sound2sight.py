@@ -37,16 +37,6 @@ from configs import sound2sight_m3so_nb
 OFFICIAL_CPU_S = {"train_iteration_b16": 3.4, "rollout_20_frames_b16": 0.9}
 
 
-def min_time(fn, *args, repeats: int) -> tuple[float, list[float]]:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(min(times)), [round(t, 4) for t in times]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", choices=["paper", "tiny"], default="paper")
@@ -102,7 +92,9 @@ def main():
         result["train_compile_s"] = round(compile_s, 2)
         with plain_lax():  # XLA counts a scan body once: count plain-lax convolutions
             result["train_step_gflop"] = round(_common.step_gflop(task.train_step, state, b), 1)
-        s, times = min_time(lambda st, bb: compiled(st, bb)[1], state, b, repeats=args.repeats)
+        s, times = _common.min_time(
+            lambda st, bb: compiled(st, bb)[1], state, b, repeats=args.repeats
+        )
         result.update(train_step_s=round(s, 4), train_steps_per_s=round(1 / s, 3))
         result["train_achieved_gflops"] = round(result["train_step_gflop"] / s, 1)
         result["train_step_all_s"] = times
@@ -114,7 +106,7 @@ def main():
                 st, x.astype(jnp.float32) / 255.0, a, k, num_samples=1
             )
         )
-        s, times = min_time(
+        s, times = _common.min_time(
             roll, gen_vars, b["frames"], b["audio"], jax.random.PRNGKey(1), repeats=args.repeats
         )
         result.update(rollout_20_frames_s=round(s, 4), rollout_all_s=times)
@@ -132,7 +124,9 @@ def main():
         )
         v = {part: {"gen": state[part]["gen"]} for part in ("params", "batch_stats")}
         arrays = {"frames": b["frames"], "audio": b["audio"], "block": jnp.zeros((1, 4), jnp.int32)}
-        s, times = min_time(fn, v, arrays, jax.random.PRNGKey(2), repeats=max(2, args.repeats // 2))
+        s, times = _common.min_time(
+            fn, v, arrays, jax.random.PRNGKey(2), repeats=max(2, args.repeats // 2)
+        )
         result.update(
             eval_100_samples_1_clip_30_frames_s=round(s, 4),
             eval_all_s=times,
