@@ -157,8 +157,9 @@ def apply_small(c: ml_collections.ConfigDict):
     stage (48 epochs): ~30 min per stage on the 2-core reference CPU when quiet (a
     motion step costs ~0.3 CPU-seconds, ~1 s of wall time under a load of 9)."""
     c.data.n_future = 10
-    # Scored on 25 predicted frames like Sound2Sight's :small, so that `evaluate.py --compare`
-    # puts both on the same frames (the paper's 6 / 15 / 25 among them).
+    # Scored on 25 predicted frames like Sound2Sight's :small: `evaluate.py --compare` then
+    # covers all 25, the paper's frames 6 / 15 / 25 among them (it would cover only the
+    # frames both predict).
     c.data.n_eval = 25
     c.data.global_batch_size = 16
     c.model.encoder_channels = (16, 16, 32, 32)

@@ -118,12 +118,13 @@ def compare_configs(config, workdir) -> list[tuple[object, object]]:
                 f"--compare: {other} is a {other_config.get('task')!r} run, not a video-"
                 "prediction run (Sound2Sight, MCAV)"
             )
-        for field in ("n_past", "n_eval", "image_size", "frame_scale"):
+        # n_eval may differ: the table covers the frames both predict (compare_markdown).
+        for field in ("n_past", "image_size", "frame_scale"):
             mine, theirs = config.data.get(field), other_config.data.get(field)
             if mine != theirs:
                 raise UserError(
                     f"--compare: {other} has data.{field}={theirs!r}, {workdir} has {mine!r}: "
-                    "the runs must predict the same frames"
+                    "the runs must see and score the same frames"
                 )
         if FLAGS.data_dir:
             other_config.data.dir = FLAGS.data_dir

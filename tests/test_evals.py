@@ -171,6 +171,22 @@ def test_compare_runs_side_by_side_with_a_flow_metric():
     with pytest.raises(UserError, match="not scored on the same clips"):
         compare_markdown({"mcav": a, "other clips": other})
 
+    # A run predicting fewer frames (MCAV's paper 20 vs Sound2Sight's 25): the tables cover
+    # the frames both predict, and their means too.
+    short = det.evaluate({"flow": 0.5}, _batches(), rng=jax.random.PRNGKey(0), split="t", step=1)
+    short = {
+        **short,
+        "frames": short["frames"][:2],
+        "n_eval": 2,
+        **{m: {k: v[:2] for k, v in short[m].items()} for m in ("mean_of_n", "copy_last")},
+    }
+    md = compare_markdown({"mcav": short, "s2s": b})
+    assert "2 predicted" in md and "Runs that predict more (3 frames)" in md
+    psnr = md[md.index("## PSNR") :].splitlines()
+    assert psnr[2].split("|")[2:-1] == [" Fr 3 ", " mean "]  # frame 5 is not in both
+    mean_col = float(next(r for r in psnr if "`s2s`, mean" in r).split("|")[-2])
+    assert mean_col == pytest.approx(np.mean(b["mean_of_n"]["psnr"][:2]), abs=1e-4)
+
 
 def test_video_prediction_max_clips_and_errors():
     def exact(state, x, audio, rng, num_samples):

@@ -191,33 +191,45 @@ def compare_markdown(results: Mapping[str, dict]) -> str:
     """Several runs' results on the same clips, side by side (`launch/evaluate.py --compare`).
 
     Args:
-      results: {run name: `VideoPredictionEvaluator.evaluate` result}, the first one's clips,
-        frames and report frames head the tables; every run must have scored the same clips
-        (checked on the copy-last baseline, which depends on the clips alone).
+      results: {run name: `VideoPredictionEvaluator.evaluate` result}; the first one's report
+        frames head the tables. Every run must have scored the same clips from the same seen
+        frames (checked on the copy-last baseline, which depends on the clips alone). Runs
+        may predict different numbers of frames (MCAV's paper config 20, Sound2Sight's 25):
+        the tables and their means cover the frames every run predicted.
 
     Every metric of any run gets a table (its "labels" head them); runs without it show "-".
 
     A run with one sample per clip (a deterministic model) has one row; a stochastic run
     has its best-of-N and mean-of-N rows (MCAV's tables use mean of N).
     """
-    first = next(iter(results.values()))
+    first_name, first = next(iter(results.items()))
     labels = {k: v for r in results.values() for k, v in r["labels"].items()}
-    frames, cols = first["frames"], first["report_frames"]
+    frames = min((r["frames"] for r in results.values()), key=len)  # common to every run
+    k = len(frames)
+    cols = [f for f in first["report_frames"] if f in frames] or [frames[-1]]
     for run, r in results.items():
-        same = r["frames"] == frames and r["num_clips"] == first["num_clips"]
+        same = r["frames"][:k] == frames and r["num_clips"] == first["num_clips"]
         if not same or not np.allclose(
-            r["copy_last"]["psnr"], first["copy_last"]["psnr"], rtol=1e-5, atol=1e-5
+            r["copy_last"]["psnr"][:k], first["copy_last"]["psnr"][:k], rtol=1e-5, atol=1e-5
         ):
             raise UserError(
-                f"{run} was not scored on the same clips and frames as {next(iter(results))} "
+                f"{run} was not scored on the same clips and frames as {first_name} "
                 f"({r['num_clips']} clips, frames {r['frames'][0]}..{r['frames'][-1]} vs "
-                f"{first['num_clips']}, {frames[0]}..{frames[-1]})"
+                f"{first['num_clips']}, {first['frames'][0]}..{first['frames'][-1]})"
             )
+    at = lambda curve: _at_frames(curve[:k], frames, cols)
+    longer = sorted({len(r["frames"]) for r in results.values()} - {k})
     lines = [
         f"# Comparison on split `{first['split']}`: {', '.join(results)}",
         "",
-        f"{first['num_clips']} clips, {first['n_past']} seen frames, {first['n_eval']} "
-        "predicted; the same clips for every run. Frame numbers are 1-based.",
+        f"{first['num_clips']} clips, {first['n_past']} seen frames, {k} predicted; the same "
+        "clips for every run. Frame numbers are 1-based."
+        + (
+            f" Runs that predict more ({', '.join(map(str, longer))} frames) are scored here "
+            f"on their first {k}."
+            if longer
+            else ""
+        ),
         "",
     ]
     for metric, label in labels.items():
@@ -233,12 +245,12 @@ def compare_markdown(results: Mapping[str, dict]) -> str:
                 rows.append(
                     [
                         title,
-                        *(_at_frames(curve, frames, cols) if curve else ["-"] * (len(cols) + 1)),
+                        *(at(curve) if curve else ["-"] * (len(cols) + 1)),
                     ]
                 )
         base = first["copy_last"].get(metric)
         if base:
-            rows.append(["copy last seen frame", *_at_frames(base, frames, cols)])
+            rows.append(["copy last seen frame", *at(base)])
         lines += [f"## {label}", ""]
         lines += tables.table(["method", *(f"Fr {f}" for f in cols), "mean"], rows)
         lines.append("")
