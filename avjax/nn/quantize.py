@@ -44,6 +44,8 @@ import numpy as np
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
+from avjax.nn import native
+
 WEIGHTS_DTYPES = ("float32", "bfloat16", "int8")
 Route = Literal["auto", "cpu", "plain"]
 SCALE = "kernel_scale"
@@ -134,6 +136,9 @@ def param_bytes(params) -> int:
 
 
 # -------------------------------------------------------------------------------- matmul
+NATIVE_MAX_ROWS = 16  # int8 products of more rows take XLA's int8 x int8 dot
+
+
 def _flat(x):
     return x.reshape(-1, x.shape[-1])
 
@@ -143,9 +148,19 @@ def _pad_rows(x2):
     return jnp.pad(x2, ((0, 1), (0, 0))) if x2.shape[0] == 1 else x2
 
 
-def _cpu_matmul(x, kernel, scale, dtype):
-    """[..., in] @ kernel on CPU with a bfloat16 or int8 kernel; result float32."""
+def _cpu_matmul(x, kernel, scale, dtype, use_native: bool | None = None):
+    """[..., in] @ kernel on CPU with a bfloat16 or int8 kernel; result float32.
+
+    `use_native`: whether an int8 kernel may take the native kernel (None: when
+    `native.available()`, for at most `NATIVE_MAX_ROWS` rows).
+    """
     x2 = _flat(x.astype(jnp.float32))
+    if kernel.dtype == jnp.int8:
+        if use_native is None:
+            use_native = x2.shape[0] <= NATIVE_MAX_ROWS and native.available()
+        if use_native:
+            y = native.int8_matmul(x2, kernel, scale)
+            return y.reshape(*x.shape[:-1], kernel.shape[1])
     xp = _pad_rows(x2)
     dims = (((1,), (0,)), ((), ()))
     if kernel.dtype == jnp.int8:

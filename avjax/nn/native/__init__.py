@@ -1,0 +1,152 @@
+"""Native CPU kernels, compiled on first use: the int8 weight-only matmul (`int8_matmul`).
+
+`int8_matmul.cc` is an XLA FFI handler (https://docs.jax.dev/en/latest/ffi.html). The
+package stays pure Python: the first call of `available()` in a process compiles the
+source with the system C++ compiler (`$CXX`, else `c++` / `g++`; `-O3 -std=c++17 -shared
+-fPIC`, no `-march`: the kernel picks AVX-512 / AVX2 / portable code at run time) into
+`$XDG_CACHE_HOME/avjax/native/` (default `~/.cache/avjax/native/`), named by a hash of the
+source, the flags, the compiler and the jaxlib version, under a file lock so parallel
+processes build it once. It is then loaded with ctypes and registered as the CPU FFI
+target `avjax_int8_matmul`.
+
+`AVJAX_NATIVE=0` turns it off (`available()` is False, callers keep their XLA route);
+with no compiler, or a failed build or load, one warning is logged and `available()` is
+False too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+from absl import logging
+
+TARGET = "avjax_int8_matmul"
+SOURCE = pathlib.Path(__file__).with_name("int8_matmul.cc")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+ISAS = {"auto": 0, "portable": 1, "avx2": 2, "avx512": 3}
+
+
+def enabled() -> bool:
+    """False when the environment says `AVJAX_NATIVE=0` (read at every call)."""
+    return os.environ.get("AVJAX_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_dir() -> pathlib.Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "avjax" / "native"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _compiler_version(cxx: str) -> str:
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return ""
+
+
+def build(directory: pathlib.Path | None = None) -> pathlib.Path:
+    """The compiled library's path (built now if the cache lacks it); raises on failure."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found ($CXX, c++, g++)")
+    include = jax.ffi.include_dir()
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), _compiler_version(cxx).encode()):
+        key.update(part)
+    key.update(jaxlib.__version__.encode())
+    directory = pathlib.Path(directory or cache_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    lib = directory / f"int8_matmul-{key.hexdigest()[:16]}.so"
+    if lib.exists():
+        return lib
+    with open(directory / f"{lib.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same file
+        if lib.exists():
+            return lib
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+        os.close(fd)
+        cmd = [cxx, *FLAGS, "-isystem", include, str(SOURCE), "-o", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            os.unlink(tmp)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        os.replace(tmp, lib)  # atomic: readers see a whole library or none
+    return lib
+
+
+@functools.cache
+def _load() -> bool:
+    """Builds, loads and registers the library once per process; False (one warning) on failure."""
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(build()))
+        capsule = jax.ffi.pycapsule(lib.AvjaxInt8Matmul)
+        jax.ffi.register_ffi_target(TARGET, capsule, platform="cpu")
+    except Exception as e:  # any failure keeps the XLA route
+        logging.warning("avjax native int8 matmul unavailable, using XLA's route: %s", e)
+        return False
+    return True
+
+
+def available() -> bool:
+    """Whether `int8_matmul` can be used: enabled, and built and registered (once)."""
+    return enabled() and _load()
+
+
+@functools.cache
+def _op(max_threads: int, isa: int):
+    """The FFI call x [M, in], q [in, out], scale [out] -> [M, out], batched by folding rows."""
+
+    @jax.custom_batching.custom_vmap
+    def op(x, q, scale):
+        call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], q.shape[1]), jnp.float32))
+        return call(x, q, scale, max_threads=max_threads, isa=isa)
+
+    @op.def_vmap
+    def _(axis_size, in_batched, x, q, scale):
+        if in_batched[1] or in_batched[2]:  # a batch of kernels: one call per kernel
+            q = q if in_batched[1] else jnp.broadcast_to(q, (axis_size, *q.shape))
+            s = scale if in_batched[2] else jnp.broadcast_to(scale, (axis_size, *scale.shape))
+            x = x if in_batched[0] else jnp.broadcast_to(x, (axis_size, *x.shape))
+            return jax.lax.map(lambda a: op(*a), (x, q, s)), True
+        m, k = x.shape[1:]
+        y = op(x.reshape(axis_size * m, k), q, scale)  # the same kernel: rows of one call
+        return y.reshape(axis_size, m, -1), True
+
+    return op
+
+
+def int8_matmul(x, q, scale, max_threads: int = 0, isa: str = "auto") -> jax.Array:
+    """x float32 [M, in] @ q int8 [in, out] * scale float32 [out] -> float32 [M, out].
+
+    CPU only (an XLA FFI call); builds the library if need be (RuntimeError if it
+    cannot: check `available()` first). Each weight is read once for all
+    M rows; sums accumulate in float32. Under `vmap` the rows of all examples go in one
+    call (a batched kernel: one call per kernel). `max_threads` caps the threads used (0:
+    all of XLA's intra-op pool); `isa` forces an instruction set ("portable", "avx2";
+    tests).
+    """
+    if x.ndim != 2 or q.ndim != 2 or q.shape[0] != x.shape[1] or scale.shape != (q.shape[1],):
+        raise ValueError(f"int8_matmul: x {x.shape}, q {q.shape}, scale {scale.shape}")
+    if q.dtype != jnp.int8:
+        raise ValueError(f"int8_matmul: q must be int8, got {q.dtype}")
+    if not _load():
+        raise RuntimeError("the native int8 matmul could not be built (see the warning)")
+    op = _op(int(max_threads), ISAS[isa])
+    return op(x.astype(jnp.float32), q, scale.astype(jnp.float32))
