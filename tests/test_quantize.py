@@ -3,6 +3,7 @@ converted tree, Dense against flax's and against the dequantised product on both
 int8 kept in the sampler's loop (no float copy of the weights hoisted out of it), and the
 GPT sampled with bfloat16 / int8 kernels."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -13,7 +14,7 @@ import pytest
 
 from avjax.models.specvqgan import sampling
 from avjax.models.specvqgan.gpt import GPT
-from avjax.nn import quantize
+from avjax.nn import native, quantize
 
 
 def test_quantize_int8_by_hand():
@@ -137,3 +138,118 @@ def test_gpt_samples_with_reduced_weights(tiny_gpt, weights_dtype):
     # Accelerators compute in bfloat16.
     assert sampling.for_inference(model, params, weights_dtype, "gpu")[0].dtype == jnp.bfloat16
     assert sampling.for_inference(model, params, "float32")[1] is params
+
+
+# ------------------------------------------------------------------ native int8 matmul
+needs_native = pytest.mark.skipif(
+    not native.available(), reason="native int8 matmul not built (no C++ compiler?)"
+)
+
+
+def _int8_problem(m, k, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    s = (0.5 + rng.random(n)).astype(np.float32) / 127
+    ref = (x.astype(np.float64) @ q.astype(np.float64)) * s.astype(np.float64)
+    return x, q, s, ref
+
+
+def _close(got, ref):
+    """float32 sums of K terms against float64: within 1e-5 of the largest |sum| term bound."""
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@needs_native
+@pytest.mark.parametrize("k,n", [(37, 45), (1024, 3072)])
+def test_native_int8_matmul_matches_float64(k, n):
+    """Sizes that are no multiple of the 16 / 8 vector widths, rows 1 .. 40, inside jit."""
+    f = jax.jit(native.int8_matmul)
+    for m in (1, 2, 5, 16, 40):
+        x, q, s, ref = _int8_problem(m, k, n, seed=m)
+        _close(f(x, q, s), ref)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_native_int8_matmul_narrower_instruction_sets(isa):
+    """The AVX2 and portable loops (AVX-512 machines run them when forced) agree too."""
+    for m, k, n in ((1, 37, 45), (5, 130, 77), (3, 256, 1030)):
+        x, q, s, ref = _int8_problem(m, k, n, seed=k)
+        _close(jax.jit(lambda x, q, s: native.int8_matmul(x, q, s, isa=isa))(x, q, s), ref)
+
+
+@needs_native
+def test_native_int8_matmul_threads_and_vmap():
+    x, q, s, ref = _int8_problem(3, 512, 1000)
+    # One thread, and the pool's split into column chunks (1000 columns: a partial chunk).
+    for threads in (1, 0):
+        f = functools.partial(native.int8_matmul, q=q, scale=s, max_threads=threads)
+        _close(jax.jit(f)(x), ref)
+    # vmap over activations folds the batch into rows; over kernels, one call per kernel.
+    xb = np.stack([x, 2 * x])
+    _close(jax.jit(jax.vmap(lambda x: native.int8_matmul(x, q, s)))(xb), np.stack([ref, 2 * ref]))
+    qb = np.stack([q, -q])
+    got = jax.jit(jax.vmap(lambda q: native.int8_matmul(x, q, s)))(qb)
+    _close(got, np.stack([ref, -ref]))
+
+
+@needs_native
+def test_native_route_in_the_sampler_loop(monkeypatch):
+    """Dense with an int8 kernel, one row, in a scan: the FFI call sits in the loop body
+    (no float copy of the kernel anywhere), and the numbers match float64; with
+    AVJAX_NATIVE=0 the same code takes XLA's int8 x int8 dot."""
+    x, q, s, _ = _int8_problem(1, 48, 40)
+    p = {"kernel": jnp.asarray(q), "kernel_scale": jnp.asarray(s), "bias": jnp.zeros(40)}
+    layer = quantize.Dense(40)
+    w = q.astype(np.float64) * s.astype(np.float64)
+
+    def steps(p, x0):
+        def body(h, _):
+            y = layer.apply({"params": p}, h)
+            return h + 1e-2 * y[:, :1], y
+
+        return jax.lax.scan(body, x0, None, length=4)
+
+    want, h = [], x.astype(np.float64)
+    for _ in range(4):
+        y = h @ w
+        want.append(y)
+        h = h + 1e-2 * y[:, :1]
+    want = np.stack(want)
+
+    hlo = jax.jit(steps).lower(p, x).compile().as_text()
+    assert 'custom_call_target="avjax_int8_matmul"' in hlo
+    assert "f32[48,40]" not in hlo
+    body = hlo[: hlo.index("ENTRY")]  # the loop body is a computation before ENTRY
+    assert "avjax_int8_matmul" in body and "avjax_int8_matmul" not in _entry(hlo)
+    _close(jax.jit(steps)(p, x)[1], want)
+
+    monkeypatch.setenv("AVJAX_NATIVE", "0")
+    steps_xla = lambda p, x0: steps(p, x0)  # a new function: traced again, env read again
+    hlo = jax.jit(steps_xla).lower(p, x).compile().as_text()
+    assert "avjax_int8_matmul" not in hlo and "s32" in hlo  # int8 x int8 -> int32 dot
+    got = jax.jit(steps_xla)(p, x)[1]
+    # Activations quantised to int8 per row: errors up to ~1/254 of each term.
+    np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())
+    assert not np.allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_native_build_failure_falls_back(monkeypatch, tmp_path):
+    """No compiler: `build` raises, loading logs a warning and reports unavailable."""
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        native.build(tmp_path)
+    monkeypatch.setattr(native, "build", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert native._load.__wrapped__() is False
+    monkeypatch.setenv("AVJAX_NATIVE", "0")
+    assert not native.available()
+
+
+@needs_native
+def test_native_build_is_cached():
+    """Building again finds the library this process loaded (same hash), untouched."""
+    lib = native.build()
+    mtime = lib.stat().st_mtime_ns
+    assert native.build() == lib and lib.stat().st_mtime_ns == mtime
+    assert lib.parent == native.cache_dir() and lib.name.startswith("int8_matmul-")

@@ -21,15 +21,23 @@ How the reduced matmul runs depends on the platform of the lowering
 (`lax.platform_dependent`, as the routed convolutions of `avjax/nn/layers.py`):
 * GPU / TPU: `x.astype(dtype) @ kernel.astype(dtype)`, in the compute dtype (bfloat16
   there); XLA fuses the int8 -> bf16 conversion into the matmul's operand load.
-* CPU: XLA:CPU converts a bfloat16 or int8 matrix-vector product to float32 whole
-  (reading more bytes, not fewer). Its matrix-matrix products (YNNPACK) take bfloat16
-  and int8 operands directly, so single rows are padded to two and the product runs as
-  a bf16 x bf16 -> f32 dot (bfloat16 kernels; activations rounded to bfloat16) or an
-  int8 x int8 -> int32 dot (int8 kernels; activations quantised per row to int8 with
-  their own scale, `x = sx * qx`). Those run compute-bound: on a 2-core CPU int8 samples
-  1.2x faster than float32 (with a quarter of the memory) and bfloat16 no faster, so
-  float32 stays the CPU default (README, Benchmarks).
-`route` forces one ("cpu" / "plain"); tests use it, nothing in the library is global.
+* CPU, int8 kernels, at most `NATIVE_MAX_ROWS` rows (batch-1..4 sampling): a native
+  kernel (`avjax/nn/native`, an XLA FFI call compiled on first use) computes
+  `(x @ q) * scale` with float32 activations, widening each int8 weight in registers as it
+  streams past, so each weight is read once per call as one byte (2.2-2.8x faster than
+  the route below per layer, 1.7x per sampling step, 2-core machine under load). Where it
+  cannot be built (no C++ compiler), or with `AVJAX_NATIVE=0`, the route below is used.
+* CPU otherwise: XLA:CPU converts a bfloat16 or int8 matrix-vector product to float32
+  whole (reading more bytes, not fewer). Its matrix-matrix products (YNNPACK) take
+  bfloat16 and int8 operands directly, so single rows are padded to two and the product
+  runs as a bf16 x bf16 -> f32 dot (bfloat16 kernels; activations rounded to bfloat16) or
+  an int8 x int8 -> int32 dot (int8 kernels; activations quantised per row to int8 with
+  their own scale, `x = sx * qx`). Those run compute-bound: at batch 16 the int8 dot
+  beats the native kernel's float32 FMAs, at batch 1 it is 1.2x faster than float32.
+  bfloat16 is no faster than float32 on CPU, which stays the CPU default (README,
+  Benchmarks).
+`route` forces one ("cpu" / "plain"); tests use it. `AVJAX_NATIVE=0` in the environment
+(read when a function is traced) keeps int8 products off the native kernel.
 """
 
 from __future__ import annotations
@@ -136,7 +144,8 @@ def param_bytes(params) -> int:
 
 
 # -------------------------------------------------------------------------------- matmul
-NATIVE_MAX_ROWS = 16  # int8 products of more rows take XLA's int8 x int8 dot
+# int8 products of more rows take XLA's int8 x int8 dot: at 8 and 16 rows it was faster.
+NATIVE_MAX_ROWS = 4
 
 
 def _flat(x):

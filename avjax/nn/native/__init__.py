@@ -11,7 +11,9 @@ target `avjax_int8_matmul`.
 
 `AVJAX_NATIVE=0` turns it off (`available()` is False, callers keep their XLA route);
 with no compiler, or a failed build or load, one warning is logged and `available()` is
-False too.
+False too. `AVJAX_NATIVE_THREADS=N` caps the threads of a call (default: XLA's intra-op
+pool; on the 2-core reference machine, loaded by other jobs, one and two threads sampled
+equally fast). Both are read when a function is traced.
 """
 
 from __future__ import annotations
@@ -132,15 +134,20 @@ def _op(max_threads: int, isa: int):
     return op
 
 
-def int8_matmul(x, q, scale, max_threads: int = 0, isa: str = "auto") -> jax.Array:
+def default_threads() -> int:
+    """`AVJAX_NATIVE_THREADS` (read when a call is traced), else 0: all of XLA's pool."""
+    return int(os.environ.get("AVJAX_NATIVE_THREADS", "0") or 0)
+
+
+def int8_matmul(x, q, scale, max_threads: int | None = None, isa: str = "auto") -> jax.Array:
     """x float32 [M, in] @ q int8 [in, out] * scale float32 [out] -> float32 [M, out].
 
     CPU only (an XLA FFI call); builds the library if need be (RuntimeError if it
     cannot: check `available()` first). Each weight is read once for all
     M rows; sums accumulate in float32. Under `vmap` the rows of all examples go in one
     call (a batched kernel: one call per kernel). `max_threads` caps the threads used (0:
-    all of XLA's intra-op pool); `isa` forces an instruction set ("portable", "avx2";
-    tests).
+    all of XLA's intra-op pool; None: `default_threads()`); `isa` forces an instruction
+    set ("portable", "avx2"; tests).
     """
     if x.ndim != 2 or q.ndim != 2 or q.shape[0] != x.shape[1] or scale.shape != (q.shape[1],):
         raise ValueError(f"int8_matmul: x {x.shape}, q {q.shape}, scale {scale.shape}")
@@ -148,5 +155,6 @@ def int8_matmul(x, q, scale, max_threads: int = 0, isa: str = "auto") -> jax.Arr
         raise ValueError(f"int8_matmul: q must be int8, got {q.dtype}")
     if not _load():
         raise RuntimeError("the native int8 matmul could not be built (see the warning)")
+    max_threads = default_threads() if max_threads is None else max_threads
     op = _op(int(max_threads), ISAS[isa])
     return op(x.astype(jnp.float32), q, scale.astype(jnp.float32))

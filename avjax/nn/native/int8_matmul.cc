@@ -6,13 +6,14 @@
 // float32 [N], y float32 [M, N]. Each int8 weight is read from memory once per call and
 // widened to float32 in registers; sums accumulate in float32 in row order of i.
 //
-// Loop order: axpy rows. For a block of R rows of q (i .. i+R-1) and a 16- (AVX-512) or
-// 8-wide (AVX2) group of columns, the R weight vectors are converted once and added into
-// y[m, group] for every row m of x (y stays in L1 / L2; q streams through once, R
-// sequential streams at a time). The columns are split into contiguous chunks (whole
-// cache lines) run on XLA's intra-op thread pool; the calling thread takes chunks too and
-// also takes any chunk no pool thread has started, so a busy or one-thread pool never
-// stalls the call.
+// Loop order: axpy rows. The output columns are cut into tiles whose float32
+// accumulators [M, T] stay in L1 / L2 (T = all columns of the thread's chunk at M = 1).
+// Per tile, q is read in blocks of 4 rows (4 sequential streams): each 16- (AVX-512) or
+// 8-column (AVX2) group of the block is widened to float32 in registers and added into
+// the accumulators of every row of x (AVX-512: rows of x in groups of 4 whose broadcasts
+// stay in registers). The columns are split into contiguous chunks (whole cache lines)
+// run on XLA's intra-op thread pool; the calling thread takes chunks too, including any
+// chunk no pool thread has started, so a busy or one-thread pool never stalls the call.
 //
 // The instruction set is picked at run time (AVX-512F+BW+VL, AVX2+FMA, or portable C++),
 // so one build serves every x86-64 machine (and other targets use the portable loop).
@@ -46,16 +47,15 @@ struct Problem {
   int64_t m, k, n;
 };
 
-// Accumulators of one column tile: [M, T] floats, rows `stride` apart. T is chosen so the
-// tile stays in L1 (kTileFloats), and rows are padded so they never lie a multiple of 4 KiB
-// apart (rows of y itself often do: N = 1024 or 4096 floats; the aliasing made a 16-row
-// call 4x slower).
-constexpr int64_t kTileFloats = 4096;
+// Accumulators of one column tile: [M, T] floats (at most kTileFloats, 32 KiB), rows
+// `stride` apart, padded so they never lie a multiple of 4 KiB apart (rows of y itself
+// often do, N = 1024 or 4096 floats: accumulating in y made a 16-row call 4x slower).
+constexpr int64_t kTileFloats = 8192;
 constexpr int64_t kLine = 64;  // int8 columns per cache line of q
 
 struct Tile {
-  int64_t width, stride;
-  float* acc;
+  int64_t width, stride;  // columns; floats between rows of acc
+  float* acc;             // [M, stride]
 };
 
 int64_t TileWidth(int64_t m, int64_t width) {
@@ -97,45 +97,56 @@ AVJAX_AVX512 inline __m512 Widen512(const int8_t* q, __mmask16 mask) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, q)));
 }
 
+// acc[r0 .. r0+RB) += x[r0 .. r0+RB, i .. i+KR) @ q[i .. i+KR, c0 .. c0+T): KR rows of q
+// widened in registers, the RB x KR broadcasts of x held in registers, and each cache line
+// of the next KR rows of q prefetched (the hardware prefetchers alone reached 8 GB/s on
+// 1024-column rows from one core, 10 with this).
+template <int RB, int KR>
+AVJAX_AVX512 void DirectAvx512(const Problem& p, const Tile& t, int64_t i, int64_t c0,
+                               int64_t r0, __mmask16 tail) {
+  __m512 xs[RB][KR];
+  for (int rr = 0; rr < RB; ++rr)
+    for (int kk = 0; kk < KR; ++kk) xs[rr][kk] = _mm512_set1_ps(p.x[(r0 + rr) * p.k + i + kk]);
+  const int8_t* q = p.q + i * p.n + c0;
+  const bool prefetch = i + 2 * KR <= p.k;
+  for (int64_t o = 0; o < t.width; o += 16) {
+    const __mmask16 mask = o + 16 <= t.width ? static_cast<__mmask16>(0xFFFF) : tail;
+    if (prefetch && o % kLine == 0) {
+#pragma GCC unroll 8
+      for (int kk = 0; kk < KR; ++kk)
+        _mm_prefetch(reinterpret_cast<const char*>(q + (KR + kk) * p.n + o), _MM_HINT_T0);
+    }
+    __m512 v[KR];
+#pragma GCC unroll 8
+    for (int kk = 0; kk < KR; ++kk) v[kk] = Widen512(q + kk * p.n + o, mask);
+#pragma GCC unroll 4
+    for (int rr = 0; rr < RB; ++rr) {
+      float* a = t.acc + (r0 + rr) * t.stride + o;
+      __m512 acc = _mm512_maskz_loadu_ps(mask, a);
+#pragma GCC unroll 8
+      for (int kk = 0; kk < KR; ++kk) acc = _mm512_fmadd_ps(v[kk], xs[rr][kk], acc);
+      _mm512_mask_storeu_ps(a, mask, acc);
+    }
+  }
+}
+
 AVJAX_AVX512 void TileAvx512(const Problem& p, int64_t c0, const Tile& t) {
   const int64_t w = t.width;
   const __mmask16 tail = static_cast<__mmask16>((1u << (w % 16)) - 1u);
   auto mask_at = [&](int64_t o) { return o + 16 <= w ? static_cast<__mmask16>(0xFFFF) : tail; };
   for (int64_t r = 0; r < p.m; ++r) std::fill_n(t.acc + r * t.stride, w, 0.0f);
   int64_t i = 0;
+  if (p.m == 1)  // one row of x: blocks of 8 rows of q (fewer passes over acc)
+    for (; i + 8 <= p.k; i += 8) DirectAvx512<1, 8>(p, t, i, c0, 0, tail);
   for (; i + kRows <= p.k; i += kRows) {
-    const int8_t* q0 = p.q + i * p.n + c0;
-    const int8_t* q1 = q0 + p.n;
-    const int8_t* q2 = q1 + p.n;
-    const int8_t* q3 = q2 + p.n;
-    if (p.m == 1) {  // the broadcasts of x stay in registers across the row
-      const __m512 x0 = _mm512_set1_ps(p.x[i]), x1 = _mm512_set1_ps(p.x[i + 1]);
-      const __m512 x2 = _mm512_set1_ps(p.x[i + 2]), x3 = _mm512_set1_ps(p.x[i + 3]);
-      for (int64_t o = 0; o < w; o += 16) {
-        const __mmask16 mask = mask_at(o);
-        __m512 acc = _mm512_maskz_loadu_ps(mask, t.acc + o);
-        acc = _mm512_fmadd_ps(Widen512(q0 + o, mask), x0, acc);
-        acc = _mm512_fmadd_ps(Widen512(q1 + o, mask), x1, acc);
-        acc = _mm512_fmadd_ps(Widen512(q2 + o, mask), x2, acc);
-        acc = _mm512_fmadd_ps(Widen512(q3 + o, mask), x3, acc);
-        _mm512_mask_storeu_ps(t.acc + o, mask, acc);
-      }
-      continue;
-    }
-    for (int64_t o = 0; o < w; o += 16) {
-      const __mmask16 mask = mask_at(o);
-      const __m512 w0 = Widen512(q0 + o, mask), w1 = Widen512(q1 + o, mask);
-      const __m512 w2 = Widen512(q2 + o, mask), w3 = Widen512(q3 + o, mask);
-      for (int64_t r = 0; r < p.m; ++r) {
-        const float* xr = p.x + r * p.k + i;
-        float* a = t.acc + r * t.stride + o;
-        __m512 acc = _mm512_maskz_loadu_ps(mask, a);
-        acc = _mm512_fmadd_ps(w0, _mm512_set1_ps(xr[0]), acc);
-        acc = _mm512_fmadd_ps(w1, _mm512_set1_ps(xr[1]), acc);
-        acc = _mm512_fmadd_ps(w2, _mm512_set1_ps(xr[2]), acc);
-        acc = _mm512_fmadd_ps(w3, _mm512_set1_ps(xr[3]), acc);
-        _mm512_mask_storeu_ps(a, mask, acc);
-      }
+    // Rows of x in groups of 4: their broadcasts stay in registers; q's block is widened
+    // once per group (from L1 after the first).
+    int64_t r = 0;
+    for (; r + 4 <= p.m; r += 4) DirectAvx512<4, kRows>(p, t, i, c0, r, tail);
+    switch (p.m - r) {
+      case 3: DirectAvx512<3, kRows>(p, t, i, c0, r, tail); break;
+      case 2: DirectAvx512<2, kRows>(p, t, i, c0, r, tail); break;
+      case 1: DirectAvx512<1, kRows>(p, t, i, c0, r, tail); break;
     }
   }
   for (; i < p.k; ++i) {  // the last k % kRows rows, one at a time
@@ -166,7 +177,33 @@ AVJAX_AVX2 inline __m256 Widen256(const int8_t* q) {
       _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
 }
 
-// AVX2 + FMA: whole 8-column groups vectorised, the last width % 8 columns in scalar code.
+// acc[r0 .. r0+RB, 0 .. full) += x[r0 .. r0+RB, i .. i+4) @ q[i .. i+4, tile] (q0: row i).
+template <int RB>
+AVJAX_AVX2 void DirectAvx2(const Problem& p, const Tile& t, const int8_t* q0, int64_t i,
+                           int64_t r0, int64_t full) {
+  __m256 xs[RB][kRows];
+  for (int rr = 0; rr < RB; ++rr)
+    for (int kk = 0; kk < kRows; ++kk) xs[rr][kk] = _mm256_set1_ps(p.x[(r0 + rr) * p.k + i + kk]);
+  const int8_t* q1 = q0 + p.n;
+  const int8_t* q2 = q1 + p.n;
+  const int8_t* q3 = q2 + p.n;
+  for (int64_t o = 0; o < full; o += 8) {
+    const __m256 w0 = Widen256(q0 + o), w1 = Widen256(q1 + o);
+    const __m256 w2 = Widen256(q2 + o), w3 = Widen256(q3 + o);
+    for (int rr = 0; rr < RB; ++rr) {
+      float* a = t.acc + (r0 + rr) * t.stride + o;
+      __m256 acc = _mm256_loadu_ps(a);
+      acc = _mm256_fmadd_ps(w0, xs[rr][0], acc);
+      acc = _mm256_fmadd_ps(w1, xs[rr][1], acc);
+      acc = _mm256_fmadd_ps(w2, xs[rr][2], acc);
+      acc = _mm256_fmadd_ps(w3, xs[rr][3], acc);
+      _mm256_storeu_ps(a, acc);
+    }
+  }
+}
+
+// AVX2 + FMA: whole 8-column groups vectorised (rows of x in pairs, broadcasts in
+// registers), the last width % 8 columns in scalar code.
 AVJAX_AVX2 void TileAvx2(const Problem& p, int64_t c0, const Tile& t) {
   const int64_t w = t.width, full = w / 8 * 8;
   for (int64_t r = 0; r < p.m; ++r) std::fill_n(t.acc + r * t.stride, w, 0.0f);
@@ -176,20 +213,9 @@ AVJAX_AVX2 void TileAvx2(const Problem& p, int64_t c0, const Tile& t) {
     const int8_t* q1 = q0 + p.n;
     const int8_t* q2 = q1 + p.n;
     const int8_t* q3 = q2 + p.n;
-    for (int64_t o = 0; o < full; o += 8) {
-      const __m256 w0 = Widen256(q0 + o), w1 = Widen256(q1 + o);
-      const __m256 w2 = Widen256(q2 + o), w3 = Widen256(q3 + o);
-      for (int64_t r = 0; r < p.m; ++r) {
-        const float* xr = p.x + r * p.k + i;
-        float* a = t.acc + r * t.stride + o;
-        __m256 acc = _mm256_loadu_ps(a);
-        acc = _mm256_fmadd_ps(w0, _mm256_broadcast_ss(xr), acc);
-        acc = _mm256_fmadd_ps(w1, _mm256_broadcast_ss(xr + 1), acc);
-        acc = _mm256_fmadd_ps(w2, _mm256_broadcast_ss(xr + 2), acc);
-        acc = _mm256_fmadd_ps(w3, _mm256_broadcast_ss(xr + 3), acc);
-        _mm256_storeu_ps(a, acc);
-      }
-    }
+    int64_t r = 0;
+    for (; r + 2 <= p.m; r += 2) DirectAvx2<2>(p, t, q0, i, r, full);
+    if (r < p.m) DirectAvx2<1>(p, t, q0, i, r, full);
     for (int64_t o = full; o < w; ++o) {
       for (int64_t r = 0; r < p.m; ++r) {
         const float* xr = p.x + r * p.k + i;
