@@ -221,6 +221,9 @@ def main():
         )
         if info["platform"] == "cpu" and args.config == "paper":
             row["speedup_vs_official_cpu"] = round(OFFICIAL_CPU_S / (run / b), 1)
+        if info["platform"] == "cpu" and d == "int8":
+            # Native kernel or XLA's int8 dot (avjax/nn/quantize.py); the step has b rows.
+            row["int8_route"] = quantize.cpu_int8_route(b)
 
     agree, pipeline, no_cache = {}, {}, {}
     name = pathlib.Path(args.workdir).name if args.workdir else args.config
@@ -233,8 +236,9 @@ def main():
             b0 = batches[0]
             r0 = results[d]["batches"][b0]
             others = [x for x in dtypes if x != d]
+            route = f" ({r0['int8_route']} int8 matmul)" if "int8_route" in r0 else ""
             summary = [
-                [f"{d}: one clip at batch {b0}", f"{r0['seconds_per_clip']} s"],
+                [f"{d}: one clip at batch {b0}{route}", f"{r0['seconds_per_clip']} s"],
                 [f"{d}: achieved / copy bandwidth", f"{r0['achieved_gbs']} / {copy_gbs} GB/s"],
             ]
             for b in batches[1:]:

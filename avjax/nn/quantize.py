@@ -148,6 +148,11 @@ def param_bytes(params) -> int:
 NATIVE_MAX_ROWS = 4
 
 
+def cpu_int8_route(rows: int) -> str:
+    """The CPU route of an int8 product of `rows` rows: "native" or "xla" (module docstring)."""
+    return "native" if rows <= NATIVE_MAX_ROWS and native.available() else "xla"
+
+
 def _flat(x):
     return x.reshape(-1, x.shape[-1])
 
@@ -166,7 +171,7 @@ def _cpu_matmul(x, kernel, scale, dtype, use_native: bool | None = None):
     x2 = _flat(x.astype(jnp.float32))
     if kernel.dtype == jnp.int8:
         if use_native is None:
-            use_native = x2.shape[0] <= NATIVE_MAX_ROWS and native.available()
+            use_native = cpu_int8_route(x2.shape[0]) == "native"
         if use_native:
             y = native.int8_matmul(x2, kernel, scale)
             return y.reshape(*x.shape[:-1], kernel.shape[1])
