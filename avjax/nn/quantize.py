@@ -21,21 +21,22 @@ How the reduced matmul runs depends on the platform of the lowering
 (`lax.platform_dependent`, as the routed convolutions of `avjax/nn/layers.py`):
 * GPU / TPU: `x.astype(dtype) @ kernel.astype(dtype)`, in the compute dtype (bfloat16
   there); XLA fuses the int8 -> bf16 conversion into the matmul's operand load.
-* CPU, int8 kernels, at most `NATIVE_MAX_ROWS` rows (batch-1..4 sampling): a native
-  kernel (`avjax/nn/native`, an XLA FFI call compiled on first use) computes
+* CPU, int8 kernels, at most `NATIVE_MAX_ROWS` rows (sampling batches up to 16): a
+  native kernel (`avjax/nn/native`, an XLA FFI call compiled on first use) computes
   `(x @ q) * scale` with float32 activations, widening each int8 weight in registers as it
-  streams past, so each weight is read once per call as one byte (2.2-2.8x faster than
-  the route below per layer, 1.7x per sampling step, 2-core machine under load). Where it
-  cannot be built (no C++ compiler), or with `AVJAX_NATIVE=0`, the route below is used.
+  streams past, so each weight is read once per call as one byte, for all rows. On the
+  2-core reference machine (loaded by other jobs) a batch-1 layer ran 2.3-2.9x faster
+  than the route below, a batch-1 sampling step 1.6x; at 8-16 rows both are about as
+  fast. Where it cannot be built (no C++ compiler), or with `AVJAX_NATIVE=0`, the route
+  below is used.
 * CPU otherwise: XLA:CPU converts a bfloat16 or int8 matrix-vector product to float32
   whole (reading more bytes, not fewer). Its matrix-matrix products (YNNPACK) take
   bfloat16 and int8 operands directly, so single rows are padded to two and the product
   runs as a bf16 x bf16 -> f32 dot (bfloat16 kernels; activations rounded to bfloat16) or
   an int8 x int8 -> int32 dot (int8 kernels; activations quantised per row to int8 with
-  their own scale, `x = sx * qx`). Those run compute-bound: at batch 16 the int8 dot
-  beats the native kernel's float32 FMAs, at batch 1 it is 1.2x faster than float32.
-  bfloat16 is no faster than float32 on CPU, which stays the CPU default (README,
-  Benchmarks).
+  their own scale, `x = sx * qx`). Those run compute-bound: at batch 1 the int8 dot is
+  1.2x faster than float32 and bfloat16 no faster (README, Benchmarks).
+float32 stays the CPU default of `default_weights_dtype`.
 `route` forces one ("cpu" / "plain"); tests use it. `AVJAX_NATIVE=0` in the environment
 (read when a function is traced) keeps int8 products off the native kernel.
 """
@@ -144,8 +145,10 @@ def param_bytes(params) -> int:
 
 
 # -------------------------------------------------------------------------------- matmul
-# int8 products of more rows take XLA's int8 x int8 dot: at 8 and 16 rows it was faster.
-NATIVE_MAX_ROWS = 4
+# int8 products of more rows take XLA's int8 x int8 dot. At 16 rows the two are about
+# equally fast (one layer alone: either wins by 1.2x depending on the shape; a sampling
+# step: native 5% faster), the native one with float32 activations.
+NATIVE_MAX_ROWS = 16
 
 
 def cpu_int8_route(rows: int) -> str:
