@@ -19,7 +19,6 @@ equally fast). Both are read when a function is traced.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
 import hashlib
 import os
@@ -78,6 +77,8 @@ def build(directory: pathlib.Path | None = None) -> pathlib.Path:
     lib = directory / f"int8_matmul-{key.hexdigest()[:16]}.so"
     if lib.exists():
         return lib
+    import fcntl  # POSIX only: elsewhere the failure is logged and XLA's route kept
+
     with open(directory / f"{lib.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same file
         if lib.exists():

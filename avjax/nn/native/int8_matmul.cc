@@ -273,8 +273,8 @@ void Range(const Problem& p, TileFn fn, int64_t n0, int64_t n1) {
   for (int64_t c0 = n0; c0 < n1; c0 += tw) fn(p, c0, Tile{std::min(tw, n1 - c0), stride, acc});
 }
 
-constexpr int64_t kChunkAlign = kLine;
-constexpr int64_t kMinWorkPerChunk = 1 << 18;  // int8 weights (x rows) per thread, at least
+constexpr int64_t kChunkAlign = kLine;          // chunks start on a cache line of each row
+constexpr int64_t kMinWorkPerChunk = 1 << 18;  // weights x rows per thread, at least
 
 // Column chunks shared by the calling thread and pool tasks. Held by shared_ptr: a pool
 // task that starts after the call has returned finds no chunk left and touches only this.
@@ -316,7 +316,9 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   if (max_threads > 0 && threads > max_threads) threads = max_threads;
   const int64_t lines = (n + kChunkAlign - 1) / kChunkAlign;
   const int64_t by_work = std::max<int64_t>(1, k * n * m / kMinWorkPerChunk);
-  const int64_t chunks = std::min({threads, lines, by_work});
+  const int64_t wanted = std::min({threads, lines, by_work});
+  const int64_t lines_per_chunk = (lines + wanted - 1) / wanted;
+  const int64_t chunks = (lines + lines_per_chunk - 1) / lines_per_chunk;  // none empty
   if (chunks <= 1) {
     Range(p, fn, 0, n);
     return ffi::Error::Success();
@@ -325,7 +327,7 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   shared->p = p;
   shared->fn = fn;
   shared->chunks = chunks;
-  shared->per_chunk = (lines + chunks - 1) / chunks * kChunkAlign;
+  shared->per_chunk = lines_per_chunk * kChunkAlign;
   for (int64_t t = 1; t < chunks; ++t) pool.Schedule([shared] { shared->Work(); });
   shared->Work();
   for (int spins = 0; shared->done.load(std::memory_order_acquire) < chunks; ++spins) {
