@@ -7,11 +7,12 @@
 // widened to float32 in registers; sums accumulate in float32 in row order of i.
 //
 // Loop order: axpy rows. The output columns are cut into tiles whose float32
-// accumulators [M, T] stay in L1 / L2 (T = all columns of the thread's chunk at M = 1).
-// Per tile, q is read in blocks of 4 rows (4 sequential streams): each 16- (AVX-512) or
-// 8-column (AVX2) group of the block is widened to float32 in registers and added into
-// the accumulators of every row of x (AVX-512: rows of x in groups of 4 whose broadcasts
-// stay in registers). The columns are split into contiguous chunks (whole cache lines)
+// accumulators [M, T] fit in 32 KiB (T = all columns of the thread's chunk at M = 1).
+// Per tile, q is read in blocks of 4 rows (AVX-512 at M = 1: 8, the next block
+// prefetched): each 16- (AVX-512) or 8-column (AVX2) group of the block is widened to
+// float32 in registers and added into the accumulators of every row of x, the rows of x
+// in groups of 4 (AVX-512) or 2 (AVX2) whose broadcasts stay in registers.
+// The columns are split into contiguous chunks (whole cache lines)
 // run on XLA's intra-op thread pool; the calling thread takes chunks too, including any
 // chunk no pool thread has started, so a busy or one-thread pool never stalls the call.
 //
