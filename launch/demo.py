@@ -45,7 +45,8 @@ MARKER = "DEMO.json"
 
 # Steps per stage: (full demo, --quick).
 STEPS = {
-    "codebook": ((150, 300), (4, 6)),  # first run, then resumed to the second number
+    # First run, then resumed to the second number (--quick: one run, no resume).
+    "codebook": ((150, 300), (6, 6)),
     "transformer": (400, 4),
     "melgan": (40, 2),
     "sound2sight": (150, 4),
@@ -121,30 +122,25 @@ def main(argv):
     )
     stages = Stages(6)
     codebook = ["launch/train.py", "--config", "configs/specvqgan_vggsound.py:tiny"]
-    stages.run(
-        "codebook",
-        f"the spectrogram codebook: {cb1} steps, then resumed to {cb2}",
-        [
+
+    def codebook_run(steps: int, log_every: int) -> list[str]:
+        return [
             *codebook,
             "--workdir",
             w("codebook"),
-            f"--config.train.num_steps={cb1}",
-            f"--config.train.checkpoint_every={cb1}",
-            f"--config.train.sample_every={cb1}",
-            f"--config.train.eval_every={cb1}",
-            f"--config.train.log_every={max(1, cb1 // 5)}",
-        ],
-        [
-            *codebook,
-            "--workdir",
-            w("codebook"),
-            f"--config.train.num_steps={cb2}",
-            f"--config.train.checkpoint_every={cb2}",
-            f"--config.train.sample_every={cb2}",
-            f"--config.train.eval_every={cb2}",
-            f"--config.train.log_every={max(1, cb2 // 10)}",
-        ],
-    )
+            f"--config.train.num_steps={steps}",
+            f"--config.train.checkpoint_every={steps}",
+            f"--config.train.sample_every={steps}",
+            f"--config.train.eval_every={steps}",
+            f"--config.train.log_every={max(1, log_every)}",
+        ]
+
+    if cb2 > cb1:
+        title = f"the spectrogram codebook: {cb1} steps, then resumed to {cb2}"
+        stages.run("codebook", title, codebook_run(cb1, cb1 // 5), codebook_run(cb2, cb2 // 10))
+    else:
+        title = f"the spectrogram codebook: {cb1} steps"
+        stages.run("codebook", title, codebook_run(cb1, cb1 // 5))
     stages.run(
         "codec",
         "a clip to codes and back (labelled picture, wav)",

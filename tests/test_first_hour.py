@@ -269,14 +269,12 @@ def test_readme_python_snippets_run(demo_runs, monkeypatch):
 
 # ---------------------------------------------------------------------- make demo
 @pytest.mark.slow
-def test_demo_quick_ends_with_a_video_with_generated_sound(tmp_path):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it
+def test_demo_quick_ends_with_a_video_with_generated_sound(tmp_path, one_device_env):
     work = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "launch/demo.py", "--quick", f"--workdir={work}"],
         cwd=REPO,
-        env=env,
+        env=one_device_env,
         capture_output=True,
         text=True,
         timeout=1200,
