@@ -6,15 +6,40 @@ helpers here are called by *every* process at the same point (they run collectiv
 `to_host` gathers such arrays (a replicated one is read from the local copy), and
 `first_rows` cuts the first rows of a global batch inside one jitted computation before
 gathering, so only those rows move. With one process they are plain `jax.device_get`.
+
+XLA:CPU's cross-process collectives (Gloo) give up when processes reach a program's first
+collective more than 30 s apart ("GetKeyValue() timed out"; neither
+`--initialization_timeout` nor `--xla_cpu_collective_timeout_seconds` changes it), as
+when one process compiles, writes a checkpoint or draws samples slower than another (a
+loaded machine, a warm compilation cache). `wait_for_processes`, a barrier of JAX's
+coordination service without that limit, runs before each such first collective: every
+gather here, and every train / eval step's first call (`avjax.train.loop`).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+
+WAIT_S = 3600  # how long processes wait for each other at a barrier (a slow compile)
+_BARRIERS = itertools.count()  # barrier ids are unique per call (every process counts alike)
+
+
+def wait_for_processes(name: str, timeout_s: float = WAIT_S):
+    """Returns once every process has called it with `name` (at once with one process).
+
+    A barrier of JAX's coordination service, not a collective, so it has no 30 s limit.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    barrier = f"{name}_{next(_BARRIERS)}"
+    distributed.global_state.client.wait_at_barrier(barrier, int(timeout_s * 1000))
 
 
 def is_main() -> bool:
@@ -46,6 +71,7 @@ def to_host(tree: Any) -> Any:
     if gather:
         from jax.experimental import multihost_utils
 
+        wait_for_processes("avjax_gather")  # a gather may be this program's first collective
         got = multihost_utils.process_allgather([leaves[i] for i in gather], tiled=True)
         for i, v in zip(gather, got):
             out[i] = np.asarray(v)

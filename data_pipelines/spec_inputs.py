@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from avjax import multihost
 from data_pipelines import base, pipeline, spec_folders
 from data_pipelines.errors import UserError
 
@@ -44,6 +45,9 @@ def shared_mel_stats(source, num_examples: int, crop_frames: int) -> dict[str, n
     else:  # a placeholder of the right shape, replaced by process 0's values
         bins = np.shape(source[0]["mel"])[0]
         stats = {k: np.zeros(bins, np.float32) for k in ("mean", "std")}
+    # Process 0 may take minutes over the clips: the others wait at a barrier, not in the
+    # broadcast (a first collective reached > 30 s apart fails; avjax.multihost).
+    multihost.wait_for_processes("avjax_mel_stats")
     stats = multihost_utils.broadcast_one_to_all(stats)
     return {k: np.asarray(v, np.float32) for k, v in stats.items()}
 

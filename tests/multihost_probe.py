@@ -26,6 +26,7 @@ from absl import flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from avjax import multihost
 from avjax.train import loop
 from configs import common as config_common
 from launch import common
@@ -42,7 +43,7 @@ def main(argv):
     args = common.setup_jax(multihost=FLAGS.multihost)
     time.sleep(FLAGS.sleep_before_collective)
     if FLAGS.barrier:
-        loop.wait_for_processes("probe", timeout_s=120)
+        multihost.wait_for_processes("probe", timeout_s=120)
     mesh = jax.make_mesh((jax.device_count(),), ("data",), devices=jax.devices())
     sharding = NamedSharding(mesh, P("data"))
     position = {d: i for i, d in enumerate(mesh.devices.flat)}

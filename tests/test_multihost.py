@@ -224,7 +224,8 @@ def test_two_processes_from_a_slurm_environment(tmp_path):
 @pytest.mark.slow  # 40 s of waiting, little CPU
 def test_a_process_40s_late_at_the_first_collective_waits_at_the_barrier(tmp_path):
     """XLA:CPU's Gloo gives up on a first collective reached 30 s apart; the coordination
-    service barrier (`loop.wait_for_processes`, as the loop uses after compiling) does not."""
+    service barrier (`avjax.multihost.wait_for_processes`, as the loop uses after compiling)
+    does not."""
     address = f"localhost:{_free_port()}"
     flags = [f"--coordinator_address={address}", "--num_processes=2", "--barrier"]
     results = _run_pair(

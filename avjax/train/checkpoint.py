@@ -25,7 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from avjax import paths
+from avjax import multihost, paths
 from avjax.checkpoints import first_line
 from avjax.errors import UserError
 
@@ -271,10 +271,7 @@ class Checkpointer:
                 return restored["state"], step
         finally:
             if damaged:
-                if jax.process_count() > 1:
-                    from jax.experimental import multihost_utils
-
-                    multihost_utils.sync_global_devices("avjax_checkpoint_moved_aside")
+                multihost.wait_for_processes("avjax_checkpoint_moved_aside")
                 self._manager.reload()
         if damaged:
             raise RuntimeError(

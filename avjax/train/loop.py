@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import itertools
 import json
 import math
 import os
@@ -36,7 +35,7 @@ import numpy as np
 from absl import logging
 
 from avjax import evals as evals_lib
-from avjax import paths
+from avjax import multihost, paths
 from avjax.checkpoints import abstract_with_shardings
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
@@ -65,8 +64,6 @@ RESUMABLE_FIELDS = frozenset(
 # ... and anything under `evals` (which evaluators run, how often, on how many clips).
 RESUMABLE_PREFIXES = ("evals.",)
 LOCK_FILE = "train.lock"
-FIRST_STEP_WAIT_S = 3600  # how long processes wait for each other to compile a step
-_BARRIERS = itertools.count()  # barrier ids are unique per call (every process counts alike)
 ABSENT = "<absent>"  # a field one of two compared configs does not have
 
 
@@ -305,19 +302,6 @@ def build_train_step(config, task: Task, devices=None) -> TrainStep:
     return TrainStep(mesh, abstract, state_sh, batch_sh, repl, step)
 
 
-def wait_for_processes(name: str, timeout_s: float = FIRST_STEP_WAIT_S):
-    """Returns once every process has called it with `name` (at once with one process).
-
-    A barrier of JAX's coordination service, not a collective, so it has no 30 s limit.
-    """
-    if jax.process_count() == 1:
-        return
-    from jax._src import distributed
-
-    barrier = f"{name}_{next(_BARRIERS)}"
-    distributed.global_state.client.wait_at_barrier(barrier, int(timeout_s * 1000))
-
-
 def compile_then_wait(jitted, name: str):
     """`jitted`, compiled at its first call, then run once every process has compiled it.
 
@@ -333,7 +317,7 @@ def compile_then_wait(jitted, name: str):
         nonlocal compiled
         if compiled is None:
             compiled = jitted.lower(*args).compile()
-            wait_for_processes(f"avjax_{name}_compiled")
+            multihost.wait_for_processes(f"avjax_{name}_compiled")
         return compiled(*args)
 
     return call
