@@ -154,8 +154,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def apply_small(c: ml_collections.ConfigDict):
     """A CPU-sized model for short runs on real M3SO-NB (2,000 training clips): quarter
     widths (CAR an eighth), 10 predicted frames in training, batch 16, 6,000 steps per
-    stage (48 epochs): ~30 min per stage on the 2-core reference CPU when quiet (a
-    motion step costs ~0.3 CPU-seconds, ~1 s of wall time under a load of 9)."""
+    stage (48 epochs). On the quiet 2-core reference CPU a refine step takes 0.56 s
+    (56 min per 6,000 steps); under a load of 9 a motion step took ~1 s."""
     c.data.n_future = 10
     # Scored on 25 predicted frames like Sound2Sight's :small: `evaluate.py --compare` then
     # covers all 25, the paper's frames 6 / 15 / 25 among them (it would cover only the
