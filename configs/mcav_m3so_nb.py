@@ -51,7 +51,7 @@ Train stage 1, then stage 2 on it (each resumes with the same command):
       --config.motion.workdir=workdirs/mcav_motion
 
 Short CPU run (`:small`, quarter widths (CAR an eighth), 10 predicted frames in training,
-6,000 steps per stage, ~30 min each on a quiet 2-core CPU) and the CPU smoke run on
+6,000 steps per stage, ~1 h each on a quiet 2-core CPU) and the CPU smoke run on
 embedded digits (`:tiny`):
   python launch/train.py --config configs/mcav_m3so_nb.py:small --workdir workdirs/mcav_small_m \
       --config.data.dir=data/m3so_nb_small --config.stage=motion
