@@ -22,6 +22,16 @@ Path = epath.Path
 PathLike = str | os.PathLike
 
 
+def user_cache_dir() -> pathlib.Path:
+    """avjax's files kept outside any clone: generated default data, the compiled native
+    kernels, the JAX compilation cache. `$AVJAX_CACHE`, else `$XDG_CACHE_HOME/avjax`, else
+    `~/.cache/avjax`."""
+    if os.environ.get("AVJAX_CACHE"):
+        return pathlib.Path(os.environ["AVJAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "avjax"
+
+
 def as_path(path: PathLike) -> epath.Path:
     """`path` (text, pathlib or epath) as an `epath.Path`."""
     return epath.Path(path)

@@ -8,12 +8,12 @@ imports a pipeline, so there is no import circle.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from avjax.paths import user_cache_dir as cache_dir  # generated default data lives there
 from data_pipelines import synthetic_audio
 from data_pipelines.errors import MissingFileError, UserError
 
@@ -57,11 +57,6 @@ class ModelFns:
     """
 
     code_encoder: Callable | None = None
-
-
-def cache_dir() -> pathlib.Path:
-    """Where generated default data lives: $AVJAX_CACHE or ~/.cache/avjax."""
-    return pathlib.Path(os.environ.get("AVJAX_CACHE", pathlib.Path.home() / ".cache" / "avjax"))
 
 
 def synthetic_specs_dir() -> pathlib.Path:

@@ -14,6 +14,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections.config_flags import config_flags
 
+from avjax import paths
 from avjax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -98,15 +99,12 @@ def flag_error_message(e: Exception, argv: list[str]) -> str:
 
 
 def compile_cache_dir() -> str:
-    """$AVJAX_JAX_CACHE, else `$XDG_CACHE_HOME/avjax/jax` (`~/.cache/avjax/jax`).
+    """$AVJAX_JAX_CACHE, else `avjax.paths.user_cache_dir()/jax` (`~/.cache/avjax/jax`).
 
     Outside the clone on purpose: a fresh clone on the same machine (CI) finds the
     programs an earlier checkout compiled.
     """
-    if os.environ.get("AVJAX_JAX_CACHE"):
-        return os.environ["AVJAX_JAX_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "avjax", "jax")
+    return os.environ.get("AVJAX_JAX_CACHE") or str(paths.user_cache_dir() / "jax")
 
 
 def setup_jax(multihost: bool = False) -> "Multihost | None":

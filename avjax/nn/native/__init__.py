@@ -4,7 +4,7 @@
 package stays pure Python: the first call of `available()` in a process compiles the
 source with the system C++ compiler (`$CXX`, else `c++` / `g++`; `-O3 -std=c++17 -shared
 -fPIC`, no `-march`: the kernel picks AVX-512 / AVX2 / portable code at run time) into
-`$XDG_CACHE_HOME/avjax/native/` (default `~/.cache/avjax/native/`), named by a hash of the
+`avjax.paths.user_cache_dir()/native/` (default `~/.cache/avjax/native/`), named by a hash of the
 source, the flags, the compiler and the jaxlib version, under a file lock so parallel
 processes build it once. It is then loaded with ctypes and registered as the CPU FFI
 target `avjax_int8_matmul`.
@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import jaxlib
 from absl import logging
 
+from avjax import paths
+
 TARGET = "avjax_int8_matmul"
 SOURCE = pathlib.Path(__file__).with_name("int8_matmul.cc")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
@@ -44,8 +46,8 @@ def enabled() -> bool:
 
 
 def cache_dir() -> pathlib.Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(base) / "avjax" / "native"
+    """Where built libraries are kept: `avjax.paths.user_cache_dir()` / native."""
+    return paths.user_cache_dir() / "native"
 
 
 def _compiler() -> str | None:
