@@ -326,8 +326,8 @@ def test_ablation_switches_remove_their_modules():
 
 def test_auto_unroll_has_no_loop_on_cpu_and_the_same_gradients(mcav):
     """`scan_unroll=-1` (AUTO_UNROLL): no while loop when lowered for CPU (XLA:CPU's slow
-    convolution gradients in loop bodies), a loop for GPU, and the CAR loss and gradients of
-    a one-step-per-iteration scan."""
+    convolution gradients in loop bodies) but a fusion barrier per step, a loop for GPU, and
+    the CAR loss and gradients of a one-step-per-iteration scan."""
     mme, car, var = mcav
     frames, flows, audio = _clip(seed=3)
     m, _ = jax.jit(
@@ -351,10 +351,15 @@ def test_auto_unroll_has_no_loop_on_cpu_and_the_same_gradients(mcav):
         )
         return jnp.mean((out["frame"] - frames[:, K:]) ** 2)
 
-    grads = {
-        u: jax.jit(jax.value_and_grad(lambda p, u=u: loss(p, u)))(_scaled(var["car"]["params"]))
+    params = _scaled(var["car"]["params"])
+    compiled = {
+        u: jax.jit(jax.value_and_grad(lambda p, u=u: loss(p, u))).lower(params).compile()
         for u in (1, mcav_model.AUTO_UNROLL)
     }
+    grads = {u: fn(params) for u, fn in compiled.items()}
+    # The unrolled steps' carries pass through `fusion_barrier`'s conditionals, which XLA
+    # keeps (tests/test_conv.py checks the barrier itself).
+    assert " conditional(" in compiled[mcav_model.AUTO_UNROLL].as_text()
     (l1, g1), (la, ga) = grads[1], grads[mcav_model.AUTO_UNROLL]
     assert float(l1) > 1e-4  # the scaled CAR changes the frames: a real loss
     np.testing.assert_allclose(la, l1, rtol=1e-5)

@@ -336,12 +336,13 @@ def conv_transpose(x, w, strides, padding, output_padding=(0, 0), precision=None
     return _overlap_add(cols.reshape(n, h, wd, kh, kw, co), strides, (ph, pw), out)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _overlap_add(cols, strides, start, out_hw):
     """col2im: y[s*m + i - start] += cols[m, i] per axis, cropped/zero-filled to `out_hw`.
 
     cols: [N, H, W, kh, kw, C], tap (i, j) of input pixel (m, n). Taps are summed per
     output phase (i mod s, j mod s) at input resolution, then the phases interleave.
-    Returns [N, *out_hw, C].
+    Returns [N, *out_hw, C]. Its gradient is im2col of the output gradient (`_overlap_add_bwd`).
     """
     n, h, wd, kh, kw, c = cols.shape
     sh, sw = strides
@@ -358,6 +359,29 @@ def _overlap_add(cols, strides, start, out_hw):
     return _interleave(phases, start, out_hw)
 
 
+def _overlap_add_fwd(cols, strides, start, out_hw):
+    return _overlap_add(cols, strides, start, out_hw), cols.shape
+
+
+def _overlap_add_bwd(strides, start, out_hw, shape, g):
+    """d cols[m, i] = g[s*m + i - start] (zero outside): the kh*kw strided tap slices of g.
+
+    Autodiff of the forward's per-tap pads would sum kh*kw zero-padded copies of the
+    whole cols gradient (16x the work for a 4x4 kernel); these slices are written once.
+    """
+    _, h, wd, kh, kw, _ = shape
+    (sh, sw), (top, left) = strides, start
+    pad = (
+        (top, max(0, sh * (h - 1) + kh - top - out_hw[0])),
+        (left, max(0, sw * (wd - 1) + kw - left - out_hw[1])),
+    )
+    taps = _tap_slices(g, (kh, kw), strides, pad, (h, wd))
+    return (jnp.stack(taps, axis=3).reshape(shape),)
+
+
+_overlap_add.defvjp(_overlap_add_fwd, _overlap_add_bwd)
+
+
 def _interleave(phases, start, out_hw):
     """phases[r][c] [N, Ph, Pw, C] -> grid y[s*u + r, s*v + c], cropped at `start` to `out_hw`.
 
@@ -370,6 +394,41 @@ def _interleave(phases, start, out_hw):
     (top, left), (oh, ow) = start, out_hw
     fill = ((0, 0), (0, max(0, top + oh - y.shape[1])), (0, max(0, left + ow - y.shape[2])), (0, 0))
     return jnp.pad(y, fill)[:, top : top + oh, left : left + ow]
+
+
+def _cond_identity(tree):
+    """`tree` through a `lax.cond` on a predicate XLA cannot fold: is the first value of any
+    leaf NaN? If so every value comes back NaN (a NaN in a recurrent carry reaches the loss
+    anyway), else `tree` unchanged. (Identical branches would be simplified away, and a
+    predicate on one leaf folds when that leaf is a constant, e.g. a zero cotangent.)"""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return tree
+    nan = jnp.any(jnp.isnan(jnp.stack([a.reshape(-1)[0].astype(jnp.float32) for a in leaves])))
+
+    def poisoned(t):
+        return jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), t)
+
+    return lax.cond(nan, poisoned, lambda t: t, tree)
+
+
+@jax.custom_vjp
+def fusion_barrier(tree):
+    """Identity on a float pytree, forward and backward, that XLA:CPU cannot fuse across
+    (but see `_cond_identity` for a carry holding NaN).
+
+    For time loops unrolled on CPU (`avjax.models.mcav.model.time_scan`): XLA fuses the
+    elementwise chain of an LSTM's cell-state gradient across all unrolled steps and
+    duplicates it into every step's fusion, so the backward pass does O(T^2) work (MCAV's
+    stage-1 step: ~1.2 of 3.6 CPU-s in fusions of up to 389 operands).
+    `lax.optimization_barrier` does not help: XLA:CPU removes it before fusion. A
+    conditional is a fusion boundary, so each step's carry (and its gradient) is written
+    once and read by the next step.
+    """
+    return _cond_identity(tree)
+
+
+fusion_barrier.defvjp(lambda tree: (_cond_identity(tree), None), lambda _, g: (_cond_identity(g),))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from avjax.models.mcav.motion import MotionEstimator
 from avjax.models.mcav.refine import ContextRefiner
+from avjax.nn import cpu_kernels
 from avjax.video.flow import warp
 
 __all__ = [
@@ -67,10 +68,14 @@ def time_scan(body, init, xs, unroll: int):
     if unroll != AUTO_UNROLL:
         return jax.lax.scan(body, init, xs, unroll=scan_unroll(unroll))
 
-    def run(u):
+    def unrolled_body(carry, x):  # each step's carry written once (`fusion_barrier`)
+        carry, y = body(carry, x)
+        return cpu_kernels.fusion_barrier(carry), y
+
+    def run(body, u):
         return lambda init, xs: jax.lax.scan(body, init, xs, unroll=u)
 
-    return jax.lax.platform_dependent(init, xs, cpu=run(True), default=run(1))
+    return jax.lax.platform_dependent(init, xs, cpu=run(unrolled_body, True), default=run(body, 1))
 
 
 def _time_major(x: jax.Array) -> jax.Array:
