@@ -121,8 +121,8 @@ def tiny_gpt():
 def test_gpt_samples_with_reduced_weights(tiny_gpt, weights_dtype):
     model, params, feats = tiny_gpt
     m, p = sampling.for_inference(model, params, weights_dtype, platform="cpu")
-    assert m.dtype == jnp.float32 and m.cache_dtype == jnp.bfloat16
-    assert jax.tree.leaves(m.init_cache(1))[0].dtype == jnp.bfloat16
+    assert m.dtype == jnp.float32 and m.cache_dtype == jnp.float32
+    assert jax.tree.leaves(m.init_cache(1))[0].dtype == jnp.float32
     kernel = p["blocks_0"]["mlp_0"]["kernel"]
     assert kernel.dtype == jnp.dtype(weights_dtype) and p["pos_emb"].dtype == jnp.float32
     toks = jax.random.randint(jax.random.PRNGKey(2), (1, 19), 0, 32)
@@ -135,8 +135,9 @@ def test_gpt_samples_with_reduced_weights(tiny_gpt, weights_dtype):
         model, params, jax.random.PRNGKey(0), feats, num_tokens=20, temperature=0.0
     )
     assert codes.shape == (1, 20) and float((codes == want).mean()) > 0.5
-    # Accelerators compute in bfloat16.
-    assert sampling.for_inference(model, params, weights_dtype, "gpu")[0].dtype == jnp.bfloat16
+    # Accelerators compute and cache in bfloat16.
+    gpu = sampling.for_inference(model, params, weights_dtype, "gpu")[0]
+    assert gpu.dtype == jnp.bfloat16 and gpu.cache_dtype == jnp.bfloat16
     assert sampling.for_inference(model, params, "float32")[1] is params
 
 

@@ -18,9 +18,10 @@ LayerNorm (1, 0), eps 1e-5; the condition embedders keep PyTorch's defaults
 runs before they are created. Dropouts default to 0 (the released models).
 
 Incremental decoding: `__call__(..., cache=cache, pos=pos)` runs the given positions
-against a per-layer KV cache of `block_size` slots ([B, block_size, H, C/H] each,
-written with `lax.dynamic_update_slice` at `pos`) and returns `(logits, new_cache)`;
-`init_cache` builds an empty one. Prefill and single-token steps are the same call.
+against a per-layer KV cache of `block_size` slots (keys [B, H, C/H, block_size], values
+[B, H, block_size, C/H], written with `lax.dynamic_update_slice` at `pos`) and returns
+`(logits, new_cache)`; `init_cache` builds an empty one. Prefill and single-token steps
+are the same call.
 
 The Dense layers are `avjax.nn.quantize.Dense`: identical to Flax's with float32 weights,
 and they also run with bfloat16 or int8 kernels (`sampling.for_inference`).
@@ -67,7 +68,8 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, deterministic=True, cache=None, pos=None):
-        """x: [B, T, C]; cache: {"k", "v"}: [B, S, H, C/H] or None; pos: first position."""
+        """x: [B, T, C]; cache: {"k": [B, H, C/H, S], "v": [B, H, S, C/H]} or None; pos: the
+        first position of x (with a cache)."""
         b, t, c = x.shape
         h = self.n_head
         dense = lambda name: Dense(
@@ -78,26 +80,47 @@ class CausalSelfAttention(nn.Module):
             bias_init=nn.initializers.zeros,
             name=name,
         )
-        split = lambda y: y.reshape(b, t, h, c // h)  # [B, T, H, D]
-        k, q, v = split(dense("key")(x)), split(dense("query")(x)), split(dense("value")(x))
-        q_pos = jnp.arange(t)
+        heads = lambda y: y.reshape(b, t, h, c // h).transpose(0, 2, 1, 3)  # [B, H, T, D]
+        q, k, v = heads(dense("query")(x)), heads(dense("key")(x)), heads(dense("value")(x))
+        scale = 1.0 / math.sqrt(c // h)
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        att = jnp.einsum("bhtd,bhsd->bhts", q, k) * scale  # the new positions among themselves
         if cache is None:
-            new_cache, k_pos = None, q_pos
+            new_cache = None
+            att = jnp.where(causal, att.astype(jnp.float32), _NEG)
         else:
-            # [B, S, H, D]: one token's update is a contiguous row (fast in-place writes).
-            start = (0, pos, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            new_cache = {"k": k, "v": v}
-            q_pos, k_pos = pos + q_pos, jnp.arange(k.shape[1])
-            k, v = k.astype(self.dtype), v.astype(self.dtype)
-        att = jnp.einsum("bthd,bshd->bhts", q, k) * (1.0 / math.sqrt(c // h))
-        mask = k_pos[None, :] <= q_pos[:, None]
-        att = jnp.where(mask, att.astype(jnp.float32), _NEG)
+            # The cached positions (< pos) are attended as they lie in the carried buffers,
+            # and the new block is written for the next call; attending to the updated
+            # buffer instead made XLA:CPU copy the whole cache every step. Keys are stored
+            # transposed, [B, H, D, S], so q K^T is a plain matmul per head.
+            kc, vc = cache["k"], cache["v"]
+            old = jnp.einsum("bhtd,bhds->bhts", q, kc.astype(self.dtype)) * scale
+            seen = jnp.arange(kc.shape[-1]) < pos
+            att = jnp.concatenate(
+                [
+                    jnp.where(seen, old.astype(jnp.float32), _NEG),
+                    jnp.where(causal, att.astype(jnp.float32), _NEG),
+                ],
+                axis=-1,
+            )
         att = jax.nn.softmax(att, axis=-1).astype(self.dtype)
         att = nn.Dropout(self.attn_pdrop)(att, deterministic=deterministic)
-        y = jnp.einsum("bhts,bshd->bthd", att, v).reshape(b, t, c)
-        y = nn.Dropout(self.resid_pdrop)(dense("proj")(y), deterministic=deterministic)
+        y = jnp.einsum("bhts,bhsd->bthd", att[..., -t:], v)
+        if cache is not None:
+            y = y + jnp.einsum("bhts,bhsd->bthd", att[..., :-t], vc.astype(self.dtype))
+            # Written after the reads above (a data dependence XLA keeps: x * 0 is not
+            # folded for floats), so the writes go in place into the carried buffers.
+            after = 0.0 * y[0, 0, 0, 0]
+            k, v = k + after.astype(k.dtype), v + after.astype(v.dtype)
+            new_cache = {
+                "k": jax.lax.dynamic_update_slice(
+                    kc, k.transpose(0, 1, 3, 2).astype(kc.dtype), (0, 0, 0, pos)
+                ),
+                "v": jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, 0, pos, 0)),
+            }
+        y = nn.Dropout(self.resid_pdrop)(
+            dense("proj")(y.reshape(b, t, c)), deterministic=deterministic
+        )
         return y, new_cache
 
 
@@ -245,10 +268,12 @@ class GPT(nn.Module):
         return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def init_cache(self, batch_size: int, dtype=None) -> Cache:
-        """Empty KV cache: per layer {"k", "v"}: [B, block_size, n_head, n_embd / n_head]."""
-        shape = (batch_size, self.block_size, self.n_head, self.n_embd // self.n_head)
-        z = jnp.zeros(shape, dtype or self.cache_dtype or self.dtype)
-        return tuple({"k": z, "v": z} for _ in range(self.n_layer))
+        """Empty KV cache: per layer keys "k" [B, n_head, n_embd / n_head, block_size]
+        (transposed) and values "v" [B, n_head, block_size, n_embd / n_head]."""
+        d, dtype = self.n_embd // self.n_head, dtype or self.cache_dtype or self.dtype
+        k = jnp.zeros((batch_size, self.n_head, d, self.block_size), dtype)
+        v = jnp.zeros((batch_size, self.n_head, self.block_size, d), dtype)
+        return tuple({"k": k, "v": v} for _ in range(self.n_layer))
 
     def __call__(
         self,

@@ -211,9 +211,10 @@ def for_inference(model: GPT, params, weights_dtype="bfloat16", platform: str | 
     Batch-1 sampling reads every weight once per token, so fewer bytes per weight is a
     faster sampler (`avjax.nn.quantize`): "bfloat16" halves them, "int8" (per-output-
     channel scales) quarters them; "float32" returns the inputs unchanged. With reduced
-    weights the KV cache is bfloat16 and the model computes in bfloat16 on GPU / TPU, in
-    float32 on CPU (`platform`, default `jax.default_backend()`), where XLA runs the
-    reduced matmuls as described in `avjax.nn.quantize`. Accepts dtypes (jnp.bfloat16) too.
+    weights the model and its KV cache compute in bfloat16 on GPU / TPU, in float32 on CPU
+    (`platform`, default `jax.default_backend()`), where XLA runs the reduced matmuls as
+    described in `avjax.nn.quantize` (and a bfloat16 cache would be widened to float32,
+    a full copy, at every layer and step). Accepts dtypes (jnp.bfloat16) too.
     """
     name = weights_dtype if isinstance(weights_dtype, str) else jnp.dtype(weights_dtype).name
     quantize.check_weights_dtype(name)
@@ -221,7 +222,7 @@ def for_inference(model: GPT, params, weights_dtype="bfloat16", platform: str | 
         return model, params
     platform = platform or jax.default_backend()
     compute = jnp.float32 if platform == "cpu" else jnp.bfloat16
-    model = model.clone(dtype=compute, cache_dtype=jnp.bfloat16)
+    model = model.clone(dtype=compute, cache_dtype=compute)
     return model, quantize.convert_params(params, name)
 
 
