@@ -48,6 +48,28 @@ def absolute(path: PathLike) -> epath.Path:
     return path.absolute() if is_local(path) else path
 
 
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Writes `text` to `path` so that a reader sees the old file or the new one, never a part.
+
+    Locally: a temporary file in the same folder, then `os.replace` (other processes of a
+    multi-host run read `config.json` while process 0 writes it). A URI's object is written
+    whole by its store anyway.
+    """
+    if not is_local(path):
+        as_path(path).write_text(text)
+        return
+    path = pathlib.Path(os.fspath(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        with open(tmp, "x") as f:  # the usual permissions (umask), unlike mkstemp's 0600
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def local_dir(out: PathLike) -> Iterator[pathlib.Path]:
     """A local folder whose files end up in `out`: `out` itself when local.

@@ -5,12 +5,14 @@
 Each process gets DEVICES fake CPU devices and CPU collectives (gloo), and initialises
 `jax.distributed` itself with the coordinator on localhost:PORT (N = 1: no distributed
 set-up), so the launcher's own multi-host flags are not involved. With N > 1 the
-collectives' time-outs are raised, and the persistent compilation cache is either off or
-one given to every process of a run (`cache_dir`): never the suite's shared cache, where
-one process can find programs the other must compile, race ahead, and leave the CPU
-collectives' set-up to give up between them. A cache that starts empty is symmetric: both
-processes compile the same programs on a first run and both find them on a second (a
-resume). `run_processes` starts the N processes and waits for them with a time limit.
+collectives' time-outs are raised, and every process of a run shares one persistent
+compilation cache: by default `multiprocess_cache_dir()`, which only multi-process runs write,
+never the suite's shared cache, where one process could find programs (written by a
+one-process run) the other must compile, race ahead, and leave the CPU collectives' set-up to
+give up between them. A cache only multi-process runs write is symmetric: both processes
+compile the same programs on a first run and both find them on later ones (a resume, the
+next session of the suite). `run_processes` starts the N processes and waits for them with a
+time limit.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900  # collectives set-up and stragglers on a loaded 2-core machine
 CONFIG_UPDATE = "AVJAX_TEST_CONFIG_UPDATE"
 CACHE = "AVJAX_TEST_RUN_CACHE"
+
+
+def multiprocess_cache_dir() -> str:
+    """The compilation cache of multi-process runs: the suite's with a `_multiprocess` suffix.
+
+    Persistent like the suite's (`launch.common.compile_cache_dir`), so a warm machine (CI)
+    finds the two-process programs too.
+    """
+    from launch.common import compile_cache_dir
+
+    return compile_cache_dir().rstrip(os.sep) + "_multiprocess"
 
 
 def free_port() -> int:
@@ -65,11 +78,14 @@ def run_processes(
 
     `config_update` ({field: value}, dicts become sections) is set on the parsed config
     before training: fields a locked config cannot take from the command line, such as
-    `evals`. `cache_dir`: the compilation cache of every process (default: off with
-    several processes, the suite's with one). All processes are killed when one fails or
-    the time limit passes (so a hung collective never blocks the suite).
+    `evals`. `cache_dir`: the compilation cache of every process (default:
+    `multiprocess_cache_dir()` with several processes, the suite's with one). All processes
+    are killed when one fails or the time limit passes (so a hung collective never blocks
+    the suite).
     """
     port = free_port()
+    if cache_dir is None and num_processes > 1:
+        cache_dir = multiprocess_cache_dir()
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",

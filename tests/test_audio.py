@@ -124,6 +124,43 @@ def test_griffin_lim_roundtrip():
     assert diff < 0.1, diff
 
 
+def test_numpy_mel_basis_and_griffin_lim_match_librosa():
+    """avjax's numpy mel basis (bitwise) and Griffin-Lim (to float32 rounding) against
+    librosa's, which they replace to keep librosa's imports out of training processes."""
+    import librosa
+
+    from avjax.audio import griffin_lim
+    from avjax.audio.mel import DEFAULT, MelSpec, mel_basis
+
+    for spec in (DEFAULT, MelSpec(sample_rate=16000, n_fft=512, n_mels=64, fmin=0.0, fmax=8e3)):
+        ref = librosa.filters.mel(
+            sr=spec.sample_rate,
+            n_fft=spec.n_fft,
+            n_mels=spec.n_mels,
+            fmin=spec.fmin,
+            fmax=spec.fmax,
+        )
+        np.testing.assert_array_equal(mel_basis(spec), ref)
+    rng = np.random.default_rng(0)
+    wave = _tone(1.0, 22050) + 0.01 * rng.standard_normal(22050).astype(np.float32)
+    mag = np.abs(librosa.stft(wave, n_fft=1024, hop_length=256, pad_mode="reflect"))
+    np.testing.assert_allclose(
+        np.abs(griffin_lim.stft(wave, 1024, 256)), mag, rtol=1e-4, atol=1e-4 * mag.max()
+    )
+    for n_iter in (0, 3):
+        ref = librosa.griffinlim(
+            mag,
+            n_iter=n_iter,
+            n_fft=1024,
+            hop_length=256,
+            length=22050,
+            random_state=3,
+            pad_mode="reflect",
+        )
+        got = griffin_lim.griffinlim(mag, n_iter, 1024, 256, length=22050, seed=3)
+        np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
+
+
 # --- preprocessing ---------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ same order on any process count, so the step's randomness (LPAPS dropout, Sound2
 prior noise and dropout) and its result are the same up to float rounding. One step only:
 over many steps Adam's early sign-like updates and the codebook's discrete choices let
 rounding grow on any layout. `tests/multihost_harness.py` starts the processes (a
-compilation cache of their own or none, raised collective time-outs, a time limit).
+compilation cache only multi-process runs write, raised collective time-outs, a time limit).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ EVERY_STEP = [
 ]
 
 
-def _train(num_processes, workdir, config, *flags, config_update=None, cache_dir=None) -> list[str]:
+def _train(num_processes, workdir, config, *flags, config_update=None) -> list[str]:
     """Runs launch/train.py on `num_processes` x (8 / num_processes) devices; their outputs."""
     args = ["--config", config, "--workdir", str(workdir), *EVERY_STEP, *flags]
     results = multihost_harness.run_processes(
-        num_processes, 8 // num_processes, args, config_update, cache_dir=cache_dir
+        num_processes, 8 // num_processes, args, config_update
     )
     for i, r in enumerate(results):
         assert r.returncode == 0, f"process {i} of {num_processes}:\n{r.stdout[-6000:]}"
@@ -77,8 +77,7 @@ def test_codebook_two_processes_match_one_process_and_resume(tmp_path):
     """
     config = "configs/specvqgan_vggsound.py:tiny"
     two, one = tmp_path / "two", tmp_path / "one"
-    cache = tmp_path / "jax_cache"  # empty: both processes compile, and both find it to resume
-    out = _train(2, two, config, "--config.train.num_steps=1", cache_dir=cache)
+    out = _train(2, two, config, "--config.train.num_steps=1")
     _assert_two_process_run(out, two, 1)
     assert sorted(p.name for p in (two / "samples" / "1").iterdir()) == [
         "0_input_vs_reconstruction.png",
@@ -87,7 +86,7 @@ def test_codebook_two_processes_match_one_process_and_resume(tmp_path):
         "2_input_vs_reconstruction.png",
         "3_input_vs_reconstruction.png",
     ]
-    out = _train(2, two, config, "--config.train.num_steps=2", cache_dir=cache)  # resumes
+    out = _train(2, two, config, "--config.train.num_steps=2")  # resumes
     assert "resumed from step 1" in out[0]
     _assert_two_process_run(out, two, 2)
     assert (two / "samples" / "2" / "0_input_vs_reconstruction.png").is_file()

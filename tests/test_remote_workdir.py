@@ -185,6 +185,20 @@ def test_paths_keep_uris_whole():
     assert paths.is_local("/tmp/x") and paths.is_local("rel") and not paths.is_local("s3://b/k")
 
 
+def test_write_text_atomic_replaces_whole_files(tmp_path, bucket):
+    """A reader sees the old text or the new, never a part (process 1 reads config.json while
+    process 0 writes it); no temporary file is left; the usual permissions (umask)."""
+    (tmp_path / "run").mkdir()
+    local = tmp_path / "run" / "config.json"
+    local.write_text("old")
+    mode = local.stat().st_mode & 0o777
+    paths.write_text_atomic(local, '{"new": 1}')
+    assert local.read_text() == '{"new": 1}' and os.listdir(local.parent) == ["config.json"]
+    assert local.stat().st_mode & 0o777 == mode
+    paths.write_text_atomic("gs://bucket/w/config.json", "x")
+    assert (bucket / "bucket" / "w" / "config.json").read_text() == "x"
+
+
 def test_train_resume_and_load_run_on_a_gs_workdir(bucket, tmp_path_factory):
     uri = "gs://bucket/runs/fake"
     first = loop.train(_config(4), uri, FakeTask(), _data())

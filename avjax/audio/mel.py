@@ -37,12 +37,41 @@ class MelSpec:
 DEFAULT = MelSpec()
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+    hz = np.asarray(hz, np.float64)
+    log_step = np.log(6.4) / 27.0
+    above = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) / log_step
+    return np.where(hz >= 1000.0, above, hz / (200.0 / 3))
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of `_hz_to_mel`."""
+    mel = np.asarray(mel, np.float64)
+    log_step = np.log(6.4) / 27.0
+    return np.where(mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)), mel * (200.0 / 3))
+
+
 @functools.lru_cache(maxsize=8)
 def mel_basis(spec: MelSpec = DEFAULT) -> np.ndarray:
-    """Slaney-normalised mel filterbank, [n_mels, n_fft // 2 + 1] float32."""
-    return librosa.filters.mel(
-        sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, fmin=spec.fmin, fmax=spec.fmax
-    ).astype(np.float32)
+    """Slaney-normalised mel filterbank, [n_mels, n_fft // 2 + 1] float32.
+
+    `librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)` (htk=False, norm="slaney") in plain
+    numpy, the same arithmetic in the same order (tests/test_audio.py compares them), without
+    the second librosa takes to import its filters (scipy.signal).
+    """
+    fft_freqs = np.fft.rfftfreq(n=spec.n_fft, d=1.0 / spec.sample_rate)
+    lo, hi = _hz_to_mel(spec.fmin), _hz_to_mel(spec.fmax)
+    mel_f = _mel_to_hz(np.linspace(lo, hi, spec.n_mels + 2))  # band edges, Hz
+    f_diff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    weights = np.zeros((spec.n_mels, len(fft_freqs)), np.float32)
+    for i in range(spec.n_mels):
+        lower = -ramps[i] / f_diff[i]
+        upper = ramps[i + 2] / f_diff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2 : spec.n_mels + 2] - mel_f[: spec.n_mels]))[:, None]  # unit area
+    return weights
 
 
 def fit_length(wave: np.ndarray, num_samples: int, mode: str = "pad") -> np.ndarray:

@@ -368,7 +368,8 @@ def train(
             workdir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(workdir_lock(workdir))
             if write_config:
-                (workdir / "config.json").write_text(_to_json(config))
+                # atomic: the other processes read it (check_workdir) meanwhile
+                paths.write_text_atomic(workdir / "config.json", _to_json(config))
         return _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators)
 
 
