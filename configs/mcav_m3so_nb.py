@@ -51,7 +51,7 @@ Train stage 1, then stage 2 on it (each resumes with the same command):
       --config.motion.workdir=workdirs/mcav_motion
 
 Short CPU run (`:small`, quarter widths (CAR an eighth), 10 predicted frames in training,
-6,000 steps per stage, ~1 h each on a quiet 2-core CPU) and the CPU smoke run on
+4,000 steps per stage, ~30 min each on a 2-core CPU) and the CPU smoke run on
 embedded digits (`:tiny`):
   python launch/train.py --config configs/mcav_m3so_nb.py:small --workdir workdirs/mcav_small_m \
       --config.data.dir=data/m3so_nb_small --config.stage=motion
@@ -153,9 +153,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def apply_small(c: ml_collections.ConfigDict):
     """A CPU-sized model for short runs on real M3SO-NB (2,000 training clips): quarter
-    widths (CAR an eighth), 10 predicted frames in training, batch 16, 6,000 steps per
-    stage (48 epochs). On the quiet 2-core reference CPU a refine step takes 0.56 s
-    (56 min per 6,000 steps); under a load of 9 a motion step took ~1 s."""
+    widths (CAR an eighth), 10 predicted frames in training, batch 16, 4,000 steps per
+    stage (32 epochs), about 30 min per stage on the 2-core reference CPU (a motion step
+    0.31 s, a refine step 0.47 s, timed beside other jobs)."""
     c.data.n_future = 10
     # Scored on 25 predicted frames like Sound2Sight's :small: `evaluate.py --compare` then
     # covers all 25, the paper's frames 6 / 15 / 25 among them (it would cover only the
@@ -168,7 +168,7 @@ def apply_small(c: ml_collections.ConfigDict):
     c.model.decoder_channels = (32, 16, 16)
     c.model.car_widths = (4, 8, 16, 32)  # an eighth: CAR's steps cost about MME's
     c.model.mlp_hidden = 32
-    c.train.num_steps, c.train.num_epochs = 6000, None
+    c.train.num_steps, c.train.num_epochs = 4000, None
     c.train.checkpoint_every = 500
     c.train.eval_every = 1000
     c.train.sample_every = 1000
