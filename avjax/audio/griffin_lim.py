@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from avjax.audio.mel import DEFAULT, MelSpec, mel_basis, unit_to_amplitude
+from avjax.audio.mel import DEFAULT, MelSpec, hann_window, mel_basis, unit_to_amplitude
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,23 +58,17 @@ def mel_to_wave(
     return wave.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=8)
-def _window(n_fft: int) -> np.ndarray:
-    """Periodic Hann window (librosa's `get_window("hann", n_fft, fftbins=True)`), float32."""
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
-
-
 def stft(wave: np.ndarray, n_fft: int, hop_length: int, pad_mode: str = "reflect") -> np.ndarray:
     """Centred STFT (`librosa.stft(center=True)`), [n_fft // 2 + 1, 1 + N // hop] complex."""
     padded = np.pad(wave, n_fft // 2, mode=pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
-    return np.fft.rfft(frames * _window(n_fft), axis=-1).T
+    return np.fft.rfft(frames * hann_window(n_fft), axis=-1).T
 
 
 def istft(spec: np.ndarray, n_fft: int, hop_length: int, length: int) -> np.ndarray:
     """Inverse of `stft` (`librosa.istft(center=True, length=length)`): windowed overlap-add
     divided by the summed squared window, [length] float64."""
-    window = _window(n_fft)
+    window = hann_window(n_fft)
     frames = np.fft.irfft(spec.T, n=n_fft, axis=-1) * window  # [T, n_fft]
     num = len(frames)
     total = n_fft + hop_length * (num - 1)

@@ -127,7 +127,7 @@ def log_mel_spectrogram(wave: np.ndarray, spec: MelSpec = DEFAULT, fit: bool = T
 
 
 @functools.lru_cache(maxsize=8)
-def _hann_window(n_fft: int) -> np.ndarray:
+def hann_window(n_fft: int) -> np.ndarray:
     """Periodic Hann window, librosa's `get_window("hann", n_fft, fftbins=True)`."""
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
@@ -157,7 +157,7 @@ def log_mel_spectrogram_jax(wave, spec: MelSpec = DEFAULT):
     padded = jnp.pad(wave, ((0, 0), (n_fft // 2, n_fft // 2)), mode=mode)
     num_frames = 1 + wave.shape[1] // hop
     index = np.arange(num_frames)[:, None] * hop + np.arange(n_fft)[None, :]
-    frames = padded[:, index] * _hann_window(n_fft)  # [B, T, n_fft]
+    frames = padded[:, index] * hann_window(n_fft)  # [B, T, n_fft]
     mag = jnp.abs(jnp.fft.rfft(frames, axis=-1))  # [B, T, n_fft // 2 + 1]
     mel = jnp.einsum("mf,btf->bmt", mel_basis(spec), mag)
     db = 20.0 * jnp.log10(jnp.maximum(mel, 1e-5))
