@@ -24,6 +24,9 @@ from avjax.train.validate import check_config
 from configs import sound2sight_m3so_nb, specvqgan_vggsound
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One worker runs the whole file (`make test` passes `--dist loadgroup`): the cases run once
+# in a module fixture, and a file split across workers would run them on each.
+pytestmark = pytest.mark.xdist_group("cli_errors")
 TINY = "configs/specvqgan_vggsound.py:tiny"
 
 

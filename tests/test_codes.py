@@ -37,7 +37,8 @@ def tiny_codebook_config():
 def codebook(tmp_path_factory):
     c = tiny_codebook_config()
     model = make_model(c.model)
-    ae = model.init(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1), np.float32))["params"]
+    ae = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1), np.float32))
+    ae = ae["params"]
     # A spread-out codebook, so random encoder outputs use many codes.
     ae["quantize"]["embedding"] = jax.random.normal(jax.random.PRNGKey(1), (32, 8))
     return save_imported(tmp_path_factory.mktemp("codebook"), c.to_json(), {"params": {"ae": ae}})

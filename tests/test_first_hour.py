@@ -240,13 +240,15 @@ def demo_runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("readme")
     cb = specvqgan_vggsound.get_config("tiny")
-    ae = make_model(cb.model).init(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1)))["params"]
+    ae = jax.jit(make_model(cb.model).init)(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1)))
+    ae = ae["params"]
     save_imported(root / "workdirs/demo/codebook", cb.to_json(), {"params": {"ae": ae}}, 300)
     tr = specvqgan_transformer_vggsound.get_config("tiny")
     tr.codebook.workdir = "workdirs/demo/codebook"  # relative, as the demo writes it
     model = gpt.make_model(tr.model)
     tokens, feats = np.zeros((1, 319), np.int32), np.zeros((1, 5, 2048), np.float32)
-    params = model.init(jax.random.PRNGKey(1), tokens, feats, None)["params"]
+    params = jax.jit(model.init, static_argnums=3)(jax.random.PRNGKey(1), tokens, feats, None)
+    params = params["params"]
     save_imported(root / "workdirs/demo/transformer", tr.to_json(), {"params": params}, 400)
     return root
 

@@ -50,7 +50,9 @@ def tiny():
     model = GPT(V, TC + 1 + 40, n_layer=2, n_head=4, n_embd=32, feat_dim=D, num_classes=3)
     feats = jax.random.normal(jax.random.PRNGKey(1), (2, TC, D))
     labels = jnp.array([0, 2])
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.int32), feats[:1], labels[:1])
+    params = jax.jit(model.init)(
+        jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.int32), feats[:1], labels[:1]
+    )
     # Non-zero positional embeddings, so a wrong cache position would show.
     params = jax.tree.map(lambda x: x, params["params"])
     params["pos_emb"] = 0.1 * jax.random.normal(jax.random.PRNGKey(3), params["pos_emb"].shape)

@@ -352,14 +352,18 @@ def test_auto_unroll_has_no_loop_on_cpu_and_the_same_gradients(mcav):
         return jnp.mean((out["frame"] - frames[:, K:]) ** 2)
 
     params = _scaled(var["car"]["params"])
-    compiled = {
-        u: jax.jit(jax.value_and_grad(lambda p, u=u: loss(p, u))).lower(params).compile()
+    # One trace per unroll; the unrolled one is lowered for the CPU and for CUDA alike.
+    traced = {
+        u: jax.jit(jax.value_and_grad(lambda p, u=u: loss(p, u))).trace(params)
         for u in (1, mcav_model.AUTO_UNROLL)
     }
+    compiled = {u: t.lower().compile() for u, t in traced.items()}
     grads = {u: fn(params) for u, fn in compiled.items()}
     # The unrolled steps' carries pass through `fusion_barrier`'s conditionals, which XLA
     # keeps (tests/test_conv.py checks the barrier itself).
-    assert " conditional(" in compiled[mcav_model.AUTO_UNROLL].as_text()
+    unrolled_cpu = compiled[mcav_model.AUTO_UNROLL].as_text()
+    assert " conditional(" in unrolled_cpu and " while(" not in unrolled_cpu
+    assert " while(" in compiled[1].as_text()
     (l1, g1), (la, ga) = grads[1], grads[mcav_model.AUTO_UNROLL]
     assert float(l1) > 1e-4  # the scaled CAR changes the frames: a real loss
     np.testing.assert_allclose(la, l1, rtol=1e-5)
@@ -367,9 +371,5 @@ def test_auto_unroll_has_no_loop_on_cpu_and_the_same_gradients(mcav):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g1)) > 1e-3
 
-    def hlo(unroll, platform):
-        fn = jax.jit(jax.grad(lambda p: loss(p, unroll)))
-        return fn.trace(var["car"]["params"]).lower(lowering_platforms=(platform,)).as_text()
-
-    assert "stablehlo.while" not in hlo(mcav_model.AUTO_UNROLL, "cpu")
-    assert "stablehlo.while" in hlo(mcav_model.AUTO_UNROLL, "cuda")
+    cuda = traced[mcav_model.AUTO_UNROLL].lower(lowering_platforms=("cuda",)).as_text()
+    assert "stablehlo.while" in cuda

@@ -111,7 +111,8 @@ def test_int8_kernel_stays_int8_in_the_loop(dense, route):
 def tiny_gpt():
     model = GPT(32, 6 + 20, n_layer=2, n_head=2, n_embd=32, feat_dim=8)
     feats = jax.random.normal(jax.random.PRNGKey(1), (1, 6, 8))
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.int32), feats)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.int32), feats)
+    params = params["params"]
     # Larger logits than the N(0, 0.02) init, so the next-token ranking is clear-cut.
     params["head"]["kernel"] = params["head"]["kernel"] * 50.0
     return model, params, feats

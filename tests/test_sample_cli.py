@@ -84,7 +84,7 @@ def _init_codebook(vas_samples, workdir):
     cb.data.crop_frames = cb.model.resolution = FRAMES
     cb.model.ch, cb.model.num_groups, cb.model.ch_mult = 8, 4, (1, 1, 1, 1, 1)
     cb.model.attn_resolutions = (53,)
-    ae = make_model(cb.model).init(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1)))
+    ae = jax.jit(make_model(cb.model).init)(jax.random.PRNGKey(0), np.zeros((1, 80, 64, 1)))
     ae = dict(ae["params"])
     ae["quantize"] = {"embedding": jax.random.normal(jax.random.PRNGKey(1), (64, 16))}
     return save_imported(workdir, cb.to_json(), {"params": {"ae": ae}}), cb
@@ -185,7 +185,7 @@ def melception(runs):
     mc = melception_vggsound.get_config("tiny")
     mc.model.num_classes = 8  # VAS
     stats = {"mean": np.full(80, 0.4, np.float32), "std": np.full(80, 0.2, np.float32)}
-    state = ClassifierTask.from_config(mc, stats).init(jax.random.PRNGKey(0))
+    state = jax.jit(ClassifierTask.from_config(mc, stats).init)(jax.random.PRNGKey(0))
     return save_imported(runs["root"] / "melception", mc.to_json(), state)
 
 
