@@ -46,11 +46,11 @@ browser:
 	bash scripts/install_chromium.sh
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 tests
 
 # The developer loop: everything but the tests marked slow (long CLI and sharded runs).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -24,9 +24,6 @@ from avjax.train.validate import check_config
 from configs import sound2sight_m3so_nb, specvqgan_vggsound
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One worker runs the whole file (`make test` passes `--dist loadgroup`): the cases run once
-# in a module fixture, and a file split across workers would run them on each.
-pytestmark = pytest.mark.xdist_group("cli_errors")
 TINY = "configs/specvqgan_vggsound.py:tiny"
 
 
@@ -172,25 +169,44 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """Runs every case (two at a time); {name: (returncode, stderr, root)}."""
-    root = tmp_path_factory.mktemp("cli_errors")
-    _files(root)
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-    }
+@pytest.fixture(scope="session")
+def results(tmp_path_factory, worker_id):
+    """Runs every case (two at a time); {name: (returncode, stderr, root)}.
 
-    def run(name):
-        args = CASES[name][0].format(r=root, cb=root / "codebook").split()
-        cmd = [sys.executable, os.path.join(REPO, "launch", args[0]), *args[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-        return name, (proc.returncode, proc.stderr, root)
+    Once per session for all pytest-xdist workers (a file lock: the first runs the cases
+    and writes results.json, the others read it), as the cases may be split across them.
+    """
+    import fcntl
 
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        return dict(pool.map(run, CASES))
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "cli_errors"
+    root.mkdir(exist_ok=True)
+    saved = root / "results.json"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if saved.is_file():
+            return {
+                k: (code, err, root) for k, (code, err) in json.loads(saved.read_text()).items()
+            }
+        _files(root)
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        }
+
+        def run(name):
+            args = CASES[name][0].format(r=root, cb=root / "codebook").split()
+            cmd = [sys.executable, os.path.join(REPO, "launch", args[0]), *args[1:]]
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+            )
+            return name, (proc.returncode, proc.stderr)
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            out = dict(pool.map(run, CASES))
+        saved.write_text(json.dumps(out))
+    return {k: (code, err, root) for k, (code, err) in out.items()}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
