@@ -86,10 +86,10 @@ def test_codebook_two_processes_match_one_process_and_resume(tmp_path):
         "2_input_vs_reconstruction.png",
         "3_input_vs_reconstruction.png",
     ]
-    out = _train(2, two, config, "--config.train.num_steps=2")  # resumes
+    # Resumes (its samples left out: step 1 wrote them on two processes already).
+    out = _train(2, two, config, "--config.train.num_steps=2", "--config.train.sample_every=0")
     assert "resumed from step 1" in out[0]
     _assert_two_process_run(out, two, 2)
-    assert (two / "samples" / "2" / "0_input_vs_reconstruction.png").is_file()
     assert sorted({r["step"] for r in _jsonl(two)}) == [1, 2]
 
     _train(1, one, config, "--config.train.num_steps=1")
