@@ -29,6 +29,7 @@ EVERY_STEP = [
     "--config.train.sample_every=1",
     "--config.train.eval_every=0",
 ]
+NO_SAMPLES = ["--config.train.sample_every=0"]  # one-process references: only state compared
 
 
 def _train(num_processes, workdir, config, *flags, config_update=None) -> list[str]:
@@ -92,7 +93,7 @@ def test_codebook_two_processes_match_one_process_and_resume(tmp_path):
     _assert_two_process_run(out, two, 2)
     assert sorted({r["step"] for r in _jsonl(two)}) == [1, 2]
 
-    _train(1, one, config, "--config.train.num_steps=1")
+    _train(1, one, config, "--config.train.num_steps=1", *NO_SAMPLES)
     run = load_run(one, step=1)
     assert run.config.loss.lpaps_dropout == 0.5
     a, b = load_run(two, step=1).state, run.state
@@ -126,7 +127,7 @@ def test_transformer_two_processes_match_one_process(tmp_path):
         "--config.train.num_steps=1",
     ]
     two, one = tmp_path / "two", tmp_path / "one"
-    _train(1, one, config, *flags)  # one process first: it extracts the codes
+    _train(1, one, config, *flags, *NO_SAMPLES)  # one process first: it extracts the codes
     out = _train(2, two, config, *flags)
     _assert_two_process_run(out, two, 1)
     assert sorted(p.name for p in (two / "samples" / "1").iterdir()) == [
@@ -155,7 +156,7 @@ def test_sound2sight_two_processes_match_one_process(tmp_path):
     out = _train(2, two, config, *flags, config_update=evals)
     _assert_two_process_run(out, two, 1)
     assert (two / "samples" / "1" / "gt_best_samples.gif").is_file()
-    _train(1, one, config, *flags, config_update=evals)
+    _train(1, one, config, *flags, *NO_SAMPLES, config_update=evals)
     a, b = load_run(two, step=1).state, load_run(one, step=1).state
     for part in ("params", "opt_state", "batch_stats"):
         assert _max_diff(a[part], b[part]) <= 1e-4, part
