@@ -3,6 +3,7 @@
 Environment variables must be set before JAX is imported anywhere, hence module level.
 """
 
+import contextlib
 import os
 import pathlib
 
@@ -97,14 +98,14 @@ def one_device_env() -> dict[str, str]:
 # test and the app test reuse them (the notebook's `train` cells then resume finished runs;
 # a different config there would be refused, so the two cannot drift apart silently).
 QUICKSTART_STEPS = 8
-QUICKSTART_RUNS = (
+QUICKSTART_RUNS = (  # Sound2Sight first: it runs beside the codebook -> transformer chain
+    ("sound2sight", "configs/sound2sight_m3so_nb.py:tiny", ()),
     ("codebook", "configs/specvqgan_vggsound.py:tiny", ()),
     (
         "transformer",
         "configs/specvqgan_transformer_vggsound.py:tiny",
         ("--config.codebook.workdir={root}/codebook",),
     ),
-    ("sound2sight", "configs/sound2sight_m3so_nb.py:tiny", ()),
 )
 
 
@@ -115,31 +116,50 @@ def _finish(name: str, proc, log: pathlib.Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def quickstart_runs(tmp_path_factory, worker_id) -> pathlib.Path:
-    """Trains the quickstart's tiny codebook, transformer and Sound2Sight runs once.
+def session_shared_dir(tmp_path_factory, worker_id):
+    """`shared(name)`: a context giving a folder all pytest-xdist workers of the session
+    share, held under a file lock.
 
-    One folder for all pytest-xdist workers (a file lock: the first trains, the others
-    wait), so the notebook and app tests pay for training once per session.
+    For session fixtures that build something once (the first worker builds it inside the
+    lock, the others wait and find it), where a module fixture would build it once per
+    worker that runs a test of the module.
     """
     import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    top = base.parent if worker_id != "master" else base
+
+    @contextlib.contextmanager
+    def shared(name: str):
+        root = top / name
+        root.mkdir(exist_ok=True)
+        with open(root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield root
+
+    return shared
+
+
+@pytest.fixture(scope="session")
+def quickstart_runs(session_shared_dir) -> pathlib.Path:
+    """Trains the quickstart's tiny codebook, transformer and Sound2Sight runs once.
+
+    One folder for all pytest-xdist workers, so the notebook and app tests pay for training
+    once per session. Sound2Sight trains beside the codebook -> transformer chain (the one
+    dependency): a worker waiting on the lock waits for the longer of the two, not their sum.
+    """
     import subprocess
     import sys
 
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if worker_id != "master" else base) / "quickstart_runs"
-    root.mkdir(exist_ok=True)
     short = (
         f"--config.train.num_steps={QUICKSTART_STEPS}",
         f"--config.train.checkpoint_every={QUICKSTART_STEPS}",
         "--config.train.eval_every=0",
         "--config.train.sample_every=0",
     )
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # Sound2Sight beside the codebook -> transformer chain (the one dependency), so a
-        # worker waiting on the lock waits for the longer of the two, not their sum.
-        procs = []
-        for name, config, extra in sorted(QUICKSTART_RUNS, key=lambda r: r[0] != "sound2sight"):
+    with session_shared_dir("quickstart_runs") as root:
+        running = []
+        for name, config, extra in QUICKSTART_RUNS:
             if (root / name / "checkpoints" / str(QUICKSTART_STEPS)).is_dir():
                 continue
             cmd = [sys.executable, "launch/train.py", f"--config={config}"]
@@ -150,10 +170,10 @@ def quickstart_runs(tmp_path_factory, worker_id) -> pathlib.Path:
             log = root / f"{name}.log"  # stderr to a file: a full pipe would block the run
             with open(log, "w") as f:
                 proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=f)
-            procs.append((name, proc, log))
-            if name != "sound2sight":  # the transformer reads the codebook: one at a time
+            if name == "codebook":  # the transformer reads it: finished before it starts
                 _finish(name, proc, log)
-        for name, proc, log in procs:
-            if name == "sound2sight":
-                _finish(name, proc, log)
+            else:
+                running.append((name, proc, log))
+        for name, proc, log in running:
+            _finish(name, proc, log)
     return root

@@ -170,42 +170,33 @@ CASES = {
 
 
 @pytest.fixture(scope="session")
-def results(tmp_path_factory, worker_id):
+def results(session_shared_dir):
     """Runs every case (two at a time); {name: (returncode, stderr, root)}.
 
-    Once per session for all pytest-xdist workers (a file lock: the first runs the cases
-    and writes results.json, the others read it), as the cases may be split across them.
+    Once per session for all pytest-xdist workers (the first runs the cases and writes
+    results.json, the others read it), as the cases may be split across them.
     """
-    import fcntl
-
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if worker_id != "master" else base) / "cli_errors"
-    root.mkdir(exist_ok=True)
-    saved = root / "results.json"
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if saved.is_file():
-            return {
-                k: (code, err, root) for k, (code, err) in json.loads(saved.read_text()).items()
+    with session_shared_dir("cli_errors") as root:
+        saved = root / "results.json"
+        if not saved.is_file():
+            _files(root)
+            env = {
+                **os.environ,
+                "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
             }
-        _files(root)
-        env = {
-            **os.environ,
-            "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        }
 
-        def run(name):
-            args = CASES[name][0].format(r=root, cb=root / "codebook").split()
-            cmd = [sys.executable, os.path.join(REPO, "launch", args[0]), *args[1:]]
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300
-            )
-            return name, (proc.returncode, proc.stderr)
+            def run(name):
+                args = CASES[name][0].format(r=root, cb=root / "codebook").split()
+                cmd = [sys.executable, os.path.join(REPO, "launch", args[0]), *args[1:]]
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+                )
+                return name, (proc.returncode, proc.stderr)
 
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            out = dict(pool.map(run, CASES))
-        saved.write_text(json.dumps(out))
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                saved.write_text(json.dumps(dict(pool.map(run, CASES))))
+        out = json.loads(saved.read_text())
     return {k: (code, err, root) for k, (code, err) in out.items()}
 
 
