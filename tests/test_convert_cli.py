@@ -106,8 +106,13 @@ def test_codebook_import_then_codec(tmp_path):
     ]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
     assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "codec" / "clip_report.json").read_text())
     codes = np.load(tmp_path / "codec" / "clip_codes.npy")
-    assert codes.shape == (20, 212) and codes.max() < m.n_embed
+    assert codes.shape == tuple(report["codes_shape"]) == (20, 212)  # tiny: 80x848 / 4
+    assert codes.min() >= 0 and codes.max() < m.n_embed
+    assert 0.0 < report["mel_l1"] < 1.0 and report["bitrate_bps"] > 0
+    assert (tmp_path / "codec" / "clip_reconstruction.wav").stat().st_size > 1000
+    assert (tmp_path / "codec" / "clip_mel.png").stat().st_size > 1000
 
 
 # --- official file shapes: Lightning .ckpt, {"model", "metrics"} .pt, transformers ------------

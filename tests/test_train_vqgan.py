@@ -1,6 +1,5 @@
 """The SpecVQGAN codebook trainer: sharded == single-device, exact resume, the CLIs end to end."""
 
-import json
 import os
 import pathlib
 import re
@@ -153,8 +152,8 @@ def _cli(*args, env=None, **kw):
 
 
 @pytest.mark.slow
-def test_cli_train_kill_sigterm_resume_and_codec(tmp_path, vas_samples):
-    """The README commands: train, SIGKILL mid-run, resume, SIGTERM, resume, then the codec.
+def test_cli_train_kill_sigterm_and_resume(tmp_path):
+    """The README commands: train, SIGKILL mid-run, resume, SIGTERM, resume.
 
     SIGKILL leaves the last finished checkpoint (step 4 or a later even step); SIGTERM (a
     preempted VM, SLURM) saves the step it ends, exits 143 with one line and no traceback.
@@ -162,7 +161,7 @@ def test_cli_train_kill_sigterm_resume_and_codec(tmp_path, vas_samples):
     starts at step 3 (`:tiny` waits 10), so the resumed checkpoints hold its trained state
     and Adam moments too.
     """
-    work, total = tmp_path / "run", 14
+    work, total = tmp_path / "run", 10
     base = [
         "launch/train.py",
         "--config",
@@ -232,17 +231,6 @@ def test_cli_train_kill_sigterm_resume_and_codec(tmp_path, vas_samples):
         np.testing.assert_array_equal(x, y)
     assert (work / "tensorboard").is_dir() and (work / "config.json").is_file()
     assert list((work / "samples").glob("*/0_input_vs_reconstruction.png"))
-
-    clip = vas_samples / "videos" / "dog" / "video_02677.mp4"
-    out = tmp_path / "codec"
-    r = _cli("launch/codec.py", "--workdir", str(work), "--input", str(clip), "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((out / "video_02677_report.json").read_text())
-    codes = np.load(out / "video_02677_codes.npy")
-    assert codes.shape == tuple(report["codes_shape"]) == (20, 212)  # tiny: 80x848 / 4
-    assert codes.min() >= 0 and codes.max() < 64
-    assert 0.0 < report["mel_l1"] < 0.5 and report["bitrate_bps"] > 0
-    assert (out / "video_02677_reconstruction.wav").stat().st_size > 1000
 
 
 def test_full_config_without_data_dir_says_what_to_pass():
