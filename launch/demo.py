@@ -46,10 +46,10 @@ MARKER = "DEMO.json"
 # Steps per stage: (full demo, --quick).
 STEPS = {
     # First run, then resumed to the second number (--quick: one run, no resume).
-    "codebook": ((150, 300), (6, 6)),
-    "transformer": (400, 4),
+    "codebook": ((150, 300), (2, 2)),
+    "transformer": (400, 2),
     "melgan": (40, 2),
-    "sound2sight": (150, 4),
+    "sound2sight": (150, 2),
 }
 
 

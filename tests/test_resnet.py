@@ -208,20 +208,26 @@ def test_missing_weights_are_named(tmp_path, vas_samples):
 
 @pytest.mark.slow
 def test_features_of_real_vas_clip_match_official_row_count(tmp_path, vas_samples):
-    """Random weights (.npz, no torch) on a real clip: one finite 2048-d row per official row.
+    """Random weights (.npz, no torch) on a real clip: one finite feature row per official row.
 
-    A ResNet with one bottleneck per stage keeps CPU time low; its output width (2048) and the
-    frame pipeline are the real ones.
+    A ResNet with one bottleneck per stage, 8 channels wide (256 features, 1/30 of the FLOPs
+    of the 2048-wide one, whose width is checked abstractly), keeps CPU time low; the frame
+    pipeline is the real one.
     """
+    wide = ResNet(stage_sizes=(1, 1, 1, 1), num_classes=0)
+    frames = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(wide.init, jax.random.PRNGKey(0), frames)
+    assert jax.eval_shape(wide.apply, variables, frames).shape == (2, 2048)
+
     video = vas_samples / "videos" / "dog" / "video_02754.mp4"
     official = load_array_pickle(
         vas_samples / "features" / "dog" / "feature_resnet50_dim2048_21.5fps" / "video_02754.pkl"
     )
-    model = ResNet(stage_sizes=(1, 1, 1, 1), num_classes=0)
-    layout = torchvision_resnet_layout(stage_sizes=(1, 1, 1, 1), num_classes=1000)
+    model = ResNet(stage_sizes=(1, 1, 1, 1), width=8, num_classes=0)
+    layout = torchvision_resnet_layout(stage_sizes=(1, 1, 1, 1), width=8, num_classes=1000)
     np.savez(tmp_path / "w.npz", **random_sd(np.random.default_rng(0), layout))
     feats = resnet_features.resnet50_features(video, tmp_path / "w.npz", model=model)
-    assert feats.shape == official.shape == (215, 2048)
+    assert feats.shape == (official.shape[0], 256) == (215, 256)
     assert feats.dtype == np.float32 and np.isfinite(feats).all()
     assert feats.std(axis=0).mean() > 0  # frames differ
     out = visual_features.feature_path(video, tmp_path / "out")
@@ -232,17 +238,14 @@ def test_features_of_real_vas_clip_match_official_row_count(tmp_path, vas_sample
         assert isinstance(pickle.load(f), np.ndarray)
 
     # The folder tool (what `launch/preprocess.py --resnet50_weights` runs) loops a shorter
-    # clip to the official 10 s: the 8 s gun clip gives 172 frames, written as 215 rows. A
-    # ResNet 8 channels wide (256 features) is enough to count the rows, at 1/30 the FLOPs.
+    # clip to the official 10 s: the 8 s gun clip gives 172 frames, written as 215 rows.
     import shutil
 
     videos = tmp_path / "videos"
     videos.mkdir()
     shutil.copy(vas_samples / "videos" / "gun" / "video_00819.mp4", videos)
-    narrow = ResNet(stage_sizes=(1, 1, 1, 1), width=8, num_classes=0)
-    layout = torchvision_resnet_layout(stage_sizes=(1, 1, 1, 1), width=8, num_classes=1000)
     np.savez(tmp_path / "w8.npz", **random_sd(np.random.default_rng(1), layout))
-    extract = resnet_features.resnet50_extractor(tmp_path / "w8.npz", model=narrow)
+    extract = resnet_features.resnet50_extractor(tmp_path / "w8.npz", model=model)
     summary = visual_features.features_folder(videos, tmp_path / "out2", extract)
     assert summary.done == 1 and not summary.failed
     looped = load_array_pickle(
