@@ -237,6 +237,61 @@ def test_native_route_in_the_sampler_loop(monkeypatch):
     assert not np.allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+def _decode_attention_float64(q, kn, vn, kc, vc, n, scale):
+    """softmax([q . kc[:, j] for j < n] + [q . kn]) * scale) weighting [vc[j]] + [vn]; [R, D]."""
+    q, kn, vn, kc, vc = (np.asarray(a, np.float64) for a in (q, kn, vn, kc, vc))
+    out = []
+    for r in range(q.shape[0]):
+        keys = np.concatenate([kc[r, :, :n].T, kn[r][None]])  # [n + 1, D]
+        vals = np.concatenate([vc[r, :n], vn[r][None]])
+        s = keys @ q[r] * scale
+        p = np.exp(s - s.max())
+        out.append(p @ vals / p.sum())
+    return np.stack(out)
+
+
+@needs_native
+def test_native_decode_attention_reads_the_filled_slots_only():
+    """Against float64 by hand for 0, 1, some and all slots filled; the unfilled slots hold
+    NaN, so a kernel that read them would return NaN. One thread and the pool's split."""
+    rng = np.random.default_rng(0)
+    rows, d, s = 7, 24, 40
+    q, kn, vn = (rng.standard_normal((rows, d)).astype(np.float32) for _ in range(3))
+    kc = rng.standard_normal((rows, d, s)).astype(np.float32)
+    vc = rng.standard_normal((rows, s, d)).astype(np.float32)
+    f = jax.jit(native.decode_attention, static_argnums=(6, 7))
+    for n in (0, 1, 17, s):
+        kc_n, vc_n = kc.copy(), vc.copy()
+        kc_n[:, :, n:], vc_n[:, n:] = np.nan, np.nan
+        want = _decode_attention_float64(q, kn, vn, kc_n, vc_n, n, 0.2)
+        for threads in (1, 0):
+            got = f(q, kn, vn, kc_n, vc_n, np.int32(n), 0.2, threads)
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_gpt_decode_step_takes_the_native_attention(monkeypatch):
+    """A cached one-token GPT step: the FFI call in the CPU program, logits as XLA's route
+    (AVJAX_NATIVE=0) within float32 rounding, and the same next cache."""
+    model = GPT(vocab_size=11, block_size=9, n_layer=2, n_head=2, n_embd=16)
+    toks = jnp.array([[3, 1, 4, 1, 5]])
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), toks)["params"]
+
+    def step(params, toks):
+        _, cache = model.apply({"params": params}, toks, cache=model.init_cache(1), pos=0)
+        return model.apply({"params": params}, toks[:, :1], cache=cache, pos=toks.shape[1])
+
+    assert "avjax_decode_attention" in jax.jit(step).lower(params, toks).as_text()
+    logits, cache = jax.jit(step)(params, toks)
+    monkeypatch.setenv("AVJAX_NATIVE", "0")
+    step_xla = lambda p, t: step(p, t)  # traced again: the environment is read again
+    assert "avjax_decode_attention" not in jax.jit(step_xla).lower(params, toks).as_text()
+    want, want_cache = jax.jit(step_xla)(params, toks)
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(want_cache)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_native_build_failure_falls_back(monkeypatch, tmp_path):
     """No compiler: `build` raises, loading logs a warning and reports unavailable."""
     monkeypatch.setattr(native, "_compiler", lambda: None)
@@ -254,4 +309,4 @@ def test_native_build_is_cached():
     lib = native.build()
     mtime = lib.stat().st_mtime_ns
     assert native.build() == lib and lib.stat().st_mtime_ns == mtime
-    assert lib.parent == native.cache_dir() and lib.name.startswith("int8_matmul-")
+    assert lib.parent == native.cache_dir() and lib.name.startswith("avjax_native-")

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from avjax.nn import native
 from avjax.nn.quantize import Dense
 
 Cache = tuple[dict[str, jax.Array], ...]
@@ -54,6 +55,49 @@ def _torch_uniform(fan_in: int):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def _cached_attention(q, k, v, kc, vc, pos, scale, dtype, drop=lambda a: a):
+    """Attention of the new positions q, k, v [B, H, T, D] over the cache slots < pos and,
+    causally, over themselves; [B, T, H, D].
+
+    The cached positions are attended as they lie in the carried buffers, and the new
+    block is written by the caller afterwards; attending to the updated buffer instead
+    made XLA:CPU copy the whole cache every step. Keys are stored transposed, [B, H, D, S],
+    so q K^T is a plain matmul per head.
+    """
+    t = q.shape[2]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    new = jnp.einsum("bhtd,bhsd->bhts", q, k) * scale
+    old = jnp.einsum("bhtd,bhds->bhts", q, kc.astype(dtype)) * scale
+    seen = jnp.arange(kc.shape[-1]) < pos
+    att = jnp.concatenate(
+        [
+            jnp.where(seen, old.astype(jnp.float32), _NEG),
+            jnp.where(causal, new.astype(jnp.float32), _NEG),
+        ],
+        axis=-1,
+    )
+    att = drop(jax.nn.softmax(att, axis=-1).astype(dtype))
+    y = jnp.einsum("bhts,bhsd->bthd", att[..., -t:], v)
+    return y + jnp.einsum("bhts,bhsd->bthd", att[..., :-t], vc.astype(dtype))
+
+
+def _native_decode_ok(dtype, cache_dtype) -> bool:
+    """Whether a CPU decode step may take `native.decode_attention` (float32 throughout)."""
+    f32 = jnp.dtype(jnp.float32)
+    return jnp.dtype(dtype) == f32 and jnp.dtype(cache_dtype) == f32 and native.available()
+
+
+def _native_step(q, k, v, kc, vc, pos, scale):
+    """`_cached_attention` of one new position [B, H, 1, D] by the native kernel, which reads
+    only the `pos` filled cache slots (XLA's dots read all of them); [B, 1, H, D]."""
+    b, h, _, d = q.shape
+    rows = lambda x: x.reshape(b * h, *x.shape[2:])
+    y = native.decode_attention(
+        rows(q[:, :, 0]), rows(k[:, :, 0]), rows(v[:, :, 0]), rows(kc), rows(vc), pos, scale
+    )
+    return y.reshape(b, 1, h, d)
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,31 +127,23 @@ class CausalSelfAttention(nn.Module):
         heads = lambda y: y.reshape(b, t, h, c // h).transpose(0, 2, 1, 3)  # [B, H, T, D]
         q, k, v = heads(dense("query")(x)), heads(dense("key")(x)), heads(dense("value")(x))
         scale = 1.0 / math.sqrt(c // h)
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        att = jnp.einsum("bhtd,bhsd->bhts", q, k) * scale  # the new positions among themselves
         if cache is None:
             new_cache = None
-            att = jnp.where(causal, att.astype(jnp.float32), _NEG)
+            att = jnp.einsum("bhtd,bhsd->bhts", q, k) * scale
+            att = jnp.where(jnp.tril(jnp.ones((t, t), bool)), att.astype(jnp.float32), _NEG)
+            att = jax.nn.softmax(att, axis=-1).astype(self.dtype)
+            att = nn.Dropout(self.attn_pdrop)(att, deterministic=deterministic)
+            y = jnp.einsum("bhts,bhsd->bthd", att, v)
         else:
-            # The cached positions (< pos) are attended as they lie in the carried buffers,
-            # and the new block is written for the next call; attending to the updated
-            # buffer instead made XLA:CPU copy the whole cache every step. Keys are stored
-            # transposed, [B, H, D, S], so q K^T is a plain matmul per head.
             kc, vc = cache["k"], cache["v"]
-            old = jnp.einsum("bhtd,bhds->bhts", q, kc.astype(self.dtype)) * scale
-            seen = jnp.arange(kc.shape[-1]) < pos
-            att = jnp.concatenate(
-                [
-                    jnp.where(seen, old.astype(jnp.float32), _NEG),
-                    jnp.where(causal, att.astype(jnp.float32), _NEG),
-                ],
-                axis=-1,
-            )
-        att = jax.nn.softmax(att, axis=-1).astype(self.dtype)
-        att = nn.Dropout(self.attn_pdrop)(att, deterministic=deterministic)
-        y = jnp.einsum("bhts,bhsd->bthd", att[..., -t:], v)
-        if cache is not None:
-            y = y + jnp.einsum("bhts,bhsd->bthd", att[..., :-t], vc.astype(self.dtype))
+            drop = lambda a: nn.Dropout(self.attn_pdrop)(a, deterministic=deterministic)
+            if deterministic and t == 1 and _native_decode_ok(self.dtype, kc.dtype):
+                xla = lambda *a: _cached_attention(*a, scale=scale, dtype=self.dtype)
+                y = jax.lax.platform_dependent(
+                    q, k, v, kc, vc, pos, cpu=lambda *a: _native_step(*a, scale), default=xla
+                )
+            else:
+                y = _cached_attention(q, k, v, kc, vc, pos, scale, self.dtype, drop)
             # Written after the reads above (a data dependence XLA keeps: x * 0 is not
             # folded for floats), so the writes go in place into the carried buffers.
             after = 0.0 * y[0, 0, 0, 0]

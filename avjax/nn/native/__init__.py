@@ -1,13 +1,15 @@
-"""Native CPU kernels, compiled on first use: the int8 weight-only matmul (`int8_matmul`).
+"""Native CPU kernels, compiled on first use: the int8 weight-only matmul (`int8_matmul`)
+and the decode step of KV-cache attention (`decode_attention`).
 
-`int8_matmul.cc` is an XLA FFI handler (https://docs.jax.dev/en/latest/ffi.html). The
-package stays pure Python: the first call of `available()` in a process compiles the
-source with the system C++ compiler (`$CXX`, else `c++` / `g++`; `-O3 -std=c++17 -shared
--fPIC`, no `-march`: the kernel picks AVX-512 / AVX2 / portable code at run time) into
+`int8_matmul.cc` and `decode_attention.cc` are XLA FFI handlers
+(https://docs.jax.dev/en/latest/ffi.html). The package stays pure Python: the first call of
+`available()` in a process compiles the sources with the system C++ compiler (`$CXX`, else
+`c++` / `g++`; `-O3 -std=c++17 -shared -fPIC`, no `-march`: the int8 kernel picks AVX-512 /
+AVX2 / portable code at run time) into one library in
 `avjax.paths.user_cache_dir()/native/` (default `~/.cache/avjax/native/`), named by a hash of the
-source, the flags, the compiler and the jaxlib version, under a file lock so parallel
+sources, the flags, the compiler and the jaxlib version, under a file lock so parallel
 processes build it once. It is then loaded with ctypes and registered as the CPU FFI
-target `avjax_int8_matmul`.
+targets `avjax_int8_matmul` and `avjax_decode_attention`.
 
 `AVJAX_NATIVE=0` turns it off (`available()` is False, callers keep their XLA route);
 with no compiler, or a failed build or load, one warning is logged and `available()` is
@@ -30,12 +32,16 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 from absl import logging
 
 from avjax import paths
 
 TARGET = "avjax_int8_matmul"
-SOURCE = pathlib.Path(__file__).with_name("int8_matmul.cc")
+DECODE_TARGET = "avjax_decode_attention"
+SOURCES = tuple(
+    pathlib.Path(__file__).with_name(f) for f in ("int8_matmul.cc", "decode_attention.cc")
+)
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 ISAS = {"auto": 0, "portable": 1, "avx2": 2, "avx512": 3}
 
@@ -71,12 +77,13 @@ def build(directory: pathlib.Path | None = None) -> pathlib.Path:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++)")
     include = jax.ffi.include_dir()
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), _compiler_version(cxx).encode()):
+    for part in (*(f.read_bytes() for f in SOURCES), " ".join(FLAGS).encode()):
         key.update(part)
+    key.update(_compiler_version(cxx).encode())
     key.update(jaxlib.__version__.encode())
     directory = pathlib.Path(directory or cache_dir())
     directory.mkdir(parents=True, exist_ok=True)
-    lib = directory / f"int8_matmul-{key.hexdigest()[:16]}.so"
+    lib = directory / f"avjax_native-{key.hexdigest()[:16]}.so"
     if lib.exists():
         return lib
     import fcntl  # POSIX only: elsewhere the failure is logged and XLA's route kept
@@ -87,7 +94,7 @@ def build(directory: pathlib.Path | None = None) -> pathlib.Path:
             return lib
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(fd)
-        cmd = [cxx, *FLAGS, "-isystem", include, str(SOURCE), "-o", tmp]
+        cmd = [cxx, *FLAGS, "-isystem", include, *map(str, SOURCES), "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             os.unlink(tmp)
@@ -101,16 +108,17 @@ def _load() -> bool:
     """Builds, loads and registers the library once per process; False (one warning) on failure."""
     try:
         lib = ctypes.cdll.LoadLibrary(str(build()))
-        capsule = jax.ffi.pycapsule(lib.AvjaxInt8Matmul)
-        jax.ffi.register_ffi_target(TARGET, capsule, platform="cpu")
+        symbols = {TARGET: lib.AvjaxInt8Matmul, DECODE_TARGET: lib.AvjaxDecodeAttention}
+        for target, symbol in symbols.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     except Exception as e:  # any failure keeps the XLA route
-        logging.warning("avjax native int8 matmul unavailable, using XLA's route: %s", e)
+        logging.warning("avjax native CPU kernels unavailable, using XLA's routes: %s", e)
         return False
     return True
 
 
 def available() -> bool:
-    """Whether `int8_matmul` can be used: enabled, and built and registered (once)."""
+    """Whether the kernels can be used: enabled, and built and registered (once)."""
     return enabled() and _load()
 
 
@@ -161,3 +169,31 @@ def int8_matmul(x, q, scale, max_threads: int | None = None, isa: str = "auto") 
     max_threads = default_threads() if max_threads is None else max_threads
     op = _op(int(max_threads), ISAS[isa])
     return op(x.astype(jnp.float32), q, scale.astype(jnp.float32))
+
+
+def decode_attention(q, kn, vn, kc, vc, filled, scale: float, max_threads: int | None = None):
+    """One decode step of attention over the filled slots of a KV cache; float32 [R, D].
+
+    q, kn, vn [R, D] (the step's query, key, value; R = batch x heads); kc [R, D, S]
+    (cached keys, transposed), vc [R, S, D]; `filled` the number of cache slots in use
+    (int32 scalar, may be traced). Softmax over (q . k_j) * scale for the filled slots and
+    the step's own key, as XLA's masked attention computes it, but only the filled slots
+    are read. CPU only (an XLA FFI call); RuntimeError if the library cannot be built.
+    """
+    if not _load():
+        raise RuntimeError("the native CPU kernels could not be built (see the warning)")
+    max_threads = default_threads() if max_threads is None else max_threads
+    call = jax.ffi.ffi_call(
+        DECODE_TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32), vmap_method="sequential"
+    )
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    return call(
+        f32(q),
+        f32(kn),
+        f32(vn),
+        f32(kc),
+        f32(vc),
+        jnp.asarray(filled, jnp.int32),
+        scale=np.float32(scale),
+        max_threads=int(max_threads),
+    )

@@ -1,0 +1,170 @@
+// One decode step of attention over a KV cache for XLA:CPU, through the XLA FFI
+// (avjax/nn/native), reading only the cache's filled slots.
+//
+// For each row r (batch x heads), with the first n slots of the cache filled:
+//   s_j   = (q[r] . kc[r, :, j]) * scale    for j < n
+//   s_new = (q[r] . kn[r]) * scale           (the step's own key)
+//   p     = softmax([s_0 .. s_{n-1}, s_new])
+//   y[r]  = sum_j p_j vc[r, j, :] + p_new vn[r]
+// q, kn, vn float32 [R, D]; kc float32 [R, D, S] (keys transposed, the GPT's cache
+// layout); vc float32 [R, S, D]; n int32 [] (clamped to [0, S]); y float32 [R, D].
+//
+// XLA's dots read all S slots of both caches at every step (masking the unfilled ones);
+// this reads the n filled ones, each key row and value row front to back. Sums
+// accumulate in float32 in slot order. Rows are split into chunks run on XLA's intra-op
+// thread pool, the calling thread taking chunks too (as int8_matmul.cc).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define AVJAX_DA_X86 1
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Attention {
+  const float *q, *kn, *vn, *kc, *vc;
+  float* y;
+  int64_t rows, d, s, n;
+  float scale;
+};
+
+float* Scores(int64_t floats) {
+  thread_local std::unique_ptr<float[]> buf;
+  thread_local int64_t size = 0;
+  if (size < floats) {
+    buf.reset(new float[floats]);
+    size = floats;
+  }
+  return buf.get();
+}
+
+void Row(const Attention& a, int64_t r) {
+  const int64_t d = a.d, s = a.s, n = a.n;
+  const float* q = a.q + r * d;
+  const float* kc = a.kc + r * d * s;
+  const float* vc = a.vc + r * s * d;
+  const float* kn = a.kn + r * d;
+  const float* vn = a.vn + r * d;
+  float* y = a.y + r * d;
+  float* sc = Scores(n > 0 ? n : 1);
+
+  std::fill_n(sc, n, 0.0f);
+  for (int64_t i = 0; i < d; ++i) {  // q . k_j for all j at once: key rows are contiguous
+    const float qi = q[i];
+    const float* row = kc + i * s;
+    for (int64_t j = 0; j < n; ++j) sc[j] += qi * row[j];
+  }
+  float s_new = 0.0f;
+  for (int64_t i = 0; i < d; ++i) s_new += q[i] * kn[i];
+  s_new *= a.scale;
+  float m = s_new;
+  for (int64_t j = 0; j < n; ++j) {
+    sc[j] *= a.scale;
+    m = std::max(m, sc[j]);
+  }
+  const float p_new = std::exp(s_new - m);
+  float sum = p_new;
+  for (int64_t j = 0; j < n; ++j) {
+    sc[j] = std::exp(sc[j] - m);
+    sum += sc[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < d; ++i) y[i] = p_new * vn[i];
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = sc[j];
+    const float* row = vc + j * d;
+    for (int64_t i = 0; i < d; ++i) y[i] += p * row[i];
+  }
+  for (int64_t i = 0; i < d; ++i) y[i] *= inv;
+}
+
+constexpr int64_t kMinFloatsPerChunk = 1 << 16;  // cache floats read per thread, at least
+
+struct Shared {
+  Attention a;
+  int64_t chunks, per_chunk;
+  std::atomic<int64_t> next{0}, done{0};
+
+  void Work() {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+      const int64_t r1 = std::min(a.rows, (c + 1) * per_chunk);
+      for (int64_t r = c * per_chunk; r < r1; ++r) Row(a, r);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                               ffi::Buffer<ffi::F32> kn, ffi::Buffer<ffi::F32> vn,
+                               ffi::Buffer<ffi::F32> kc, ffi::Buffer<ffi::F32> vc,
+                               ffi::Buffer<ffi::S32> filled, ffi::ResultBuffer<ffi::F32> y,
+                               float scale, int64_t max_threads) {
+  const auto qd = q.dimensions(), kd = kc.dimensions(), vd = vc.dimensions();
+  if (qd.size() != 2 || kd.size() != 3 || vd.size() != 3 || kn.dimensions().size() != 2 ||
+      vn.dimensions().size() != 2 || filled.dimensions().size() != 0)
+    return ffi::Error::InvalidArgument(
+        "avjax_decode_attention: q, kn, vn [R, D], kc [R, D, S], vc [R, S, D], n []");
+  const int64_t rows = qd[0], d = qd[1], s = kd[2];
+  if (kd[0] != rows || kd[1] != d || vd[0] != rows || vd[1] != s || vd[2] != d ||
+      kn.dimensions()[0] != rows || kn.dimensions()[1] != d || vn.dimensions()[0] != rows ||
+      vn.dimensions()[1] != d || y->dimensions()[0] != rows || y->dimensions()[1] != d)
+    return ffi::Error::InvalidArgument("avjax_decode_attention: shapes do not match");
+  const int64_t n = std::clamp<int64_t>(filled.typed_data()[0], 0, s);
+  Attention a{q.typed_data(), kn.typed_data(), vn.typed_data(), kc.typed_data(),
+              vc.typed_data(), y->typed_data(), rows, d, s, n, scale};
+  if (rows == 0 || d == 0) return ffi::Error::Success();
+
+  int64_t threads = pool.num_threads();
+  if (threads < 1) threads = 1;
+  if (max_threads > 0 && threads > max_threads) threads = max_threads;
+  const int64_t by_work = std::max<int64_t>(1, rows * 2 * (n + 1) * d / kMinFloatsPerChunk);
+  const int64_t wanted = std::min({threads, rows, by_work});
+  const int64_t per_chunk = (rows + wanted - 1) / wanted;
+  const int64_t chunks = (rows + per_chunk - 1) / per_chunk;
+  if (chunks <= 1) {
+    for (int64_t r = 0; r < rows; ++r) Row(a, r);
+    return ffi::Error::Success();
+  }
+  auto shared = std::make_shared<Shared>();
+  shared->a = a;
+  shared->chunks = chunks;
+  shared->per_chunk = per_chunk;
+  for (int64_t t = 1; t < chunks; ++t) pool.Schedule([shared] { shared->Work(); });
+  shared->Work();
+  for (int spins = 0; shared->done.load(std::memory_order_acquire) < chunks; ++spins) {
+    if (spins < 4096) {
+#ifdef AVJAX_DA_X86
+      _mm_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AvjaxDecodeAttention, DecodeAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("max_threads"));
