@@ -21,7 +21,9 @@ Incremental decoding: `__call__(..., cache=cache, pos=pos)` runs the given posit
 against a per-layer KV cache of `block_size` slots (keys [B, H, C/H, block_size], values
 [B, H, block_size, C/H], written with `lax.dynamic_update_slice` at `pos`) and returns
 `(logits, new_cache)`; `init_cache` builds an empty one. Prefill and single-token steps
-are the same call.
+are the same call. In programs lowered for CPU a single-token step attends through
+`avjax.nn.native.decode_attention`, which reads only the filled cache slots (XLA's dots
+read all of them); elsewhere, or with `AVJAX_NATIVE=0`, through XLA's masked attention.
 
 The Dense layers are `avjax.nn.quantize.Dense`: identical to Flax's with float32 weights,
 and they also run with bfloat16 or int8 kernels (`sampling.for_inference`).
