@@ -42,6 +42,7 @@ DECODE_TARGET = "avjax_decode_attention"
 SOURCES = tuple(
     pathlib.Path(__file__).with_name(f) for f in ("int8_matmul.cc", "decode_attention.cc")
 )
+HEADERS = (pathlib.Path(__file__).with_name("pool_chunks.h"),)  # part of the build's hash
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 ISAS = {"auto": 0, "portable": 1, "avx2": 2, "avx512": 3}
 
@@ -77,7 +78,7 @@ def build(directory: pathlib.Path | None = None) -> pathlib.Path:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++)")
     include = jax.ffi.include_dir()
     key = hashlib.sha256()
-    for part in (*(f.read_bytes() for f in SOURCES), " ".join(FLAGS).encode()):
+    for part in (*(f.read_bytes() for f in SOURCES + HEADERS), " ".join(FLAGS).encode()):
         key.update(part)
     key.update(_compiler_version(cxx).encode())
     key.update(jaxlib.__version__.encode())

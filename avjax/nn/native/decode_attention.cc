@@ -11,22 +11,15 @@
 //
 // XLA's dots read all S slots of both caches at every step (masking the unfilled ones);
 // this reads the n filled ones, each key row and value row front to back. Sums
-// accumulate in float32 in slot order. Rows are split into chunks run on XLA's intra-op
-// thread pool, the calling thread taking chunks too (as int8_matmul.cc).
+// accumulate in float32 in slot order. Rows are split into chunks on XLA's intra-op
+// thread pool (pool_chunks.h).
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <memory>
-#include <thread>
 
+#include "pool_chunks.h"
 #include "xla/ffi/api/ffi.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define AVJAX_DA_X86 1
-#endif
 
 namespace ffi = xla::ffi;
 
@@ -39,16 +32,6 @@ struct Attention {
   float scale;
 };
 
-float* Scores(int64_t floats) {
-  thread_local std::unique_ptr<float[]> buf;
-  thread_local int64_t size = 0;
-  if (size < floats) {
-    buf.reset(new float[floats]);
-    size = floats;
-  }
-  return buf.get();
-}
-
 void Row(const Attention& a, int64_t r) {
   const int64_t d = a.d, s = a.s, n = a.n;
   const float* q = a.q + r * d;
@@ -57,7 +40,7 @@ void Row(const Attention& a, int64_t r) {
   const float* kn = a.kn + r * d;
   const float* vn = a.vn + r * d;
   float* y = a.y + r * d;
-  float* sc = Scores(n > 0 ? n : 1);
+  float* sc = avjax_native::ThreadScratch(n > 0 ? n : 1);
 
   std::fill_n(sc, n, 0.0f);
   for (int64_t i = 0; i < d; ++i) {  // q . k_j for all j at once: key rows are contiguous
@@ -91,20 +74,6 @@ void Row(const Attention& a, int64_t r) {
 
 constexpr int64_t kMinFloatsPerChunk = 1 << 16;  // cache floats read per thread, at least
 
-struct Shared {
-  Attention a;
-  int64_t chunks, per_chunk;
-  std::atomic<int64_t> next{0}, done{0};
-
-  void Work() {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      const int64_t r1 = std::min(a.rows, (c + 1) * per_chunk);
-      for (int64_t r = c * per_chunk; r < r1; ++r) Row(a, r);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                                ffi::Buffer<ffi::F32> kn, ffi::Buffer<ffi::F32> vn,
                                ffi::Buffer<ffi::F32> kc, ffi::Buffer<ffi::F32> vc,
@@ -125,32 +94,15 @@ ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
               vc.typed_data(), y->typed_data(), rows, d, s, n, scale};
   if (rows == 0 || d == 0) return ffi::Error::Success();
 
-  int64_t threads = pool.num_threads();
-  if (threads < 1) threads = 1;
-  if (max_threads > 0 && threads > max_threads) threads = max_threads;
+  const int64_t threads = avjax_native::Threads(pool, max_threads);
   const int64_t by_work = std::max<int64_t>(1, rows * 2 * (n + 1) * d / kMinFloatsPerChunk);
   const int64_t wanted = std::min({threads, rows, by_work});
   const int64_t per_chunk = (rows + wanted - 1) / wanted;
   const int64_t chunks = (rows + per_chunk - 1) / per_chunk;
-  if (chunks <= 1) {
-    for (int64_t r = 0; r < rows; ++r) Row(a, r);
-    return ffi::Error::Success();
-  }
-  auto shared = std::make_shared<Shared>();
-  shared->a = a;
-  shared->chunks = chunks;
-  shared->per_chunk = per_chunk;
-  for (int64_t t = 1; t < chunks; ++t) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  for (int spins = 0; shared->done.load(std::memory_order_acquire) < chunks; ++spins) {
-    if (spins < 4096) {
-#ifdef AVJAX_DA_X86
-      _mm_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  avjax_native::RunChunks(pool, chunks, [&a, per_chunk](int64_t c) {
+    const int64_t r1 = std::min(a.rows, (c + 1) * per_chunk);
+    for (int64_t r = c * per_chunk; r < r1; ++r) Row(a, r);
+  });
   return ffi::Error::Success();
 }
 

@@ -12,21 +12,18 @@
 // prefetched): each 16- (AVX-512) or 8-column (AVX2) group of the block is widened to
 // float32 in registers and added into the accumulators of every row of x, the rows of x
 // in groups of 4 (AVX-512) or 2 (AVX2) whose broadcasts stay in registers.
-// The columns are split into contiguous chunks (whole cache lines)
-// run on XLA's intra-op thread pool; the calling thread takes chunks too, including any
-// chunk no pool thread has started, so a busy or one-thread pool never stalls the call.
+// The columns are split into contiguous chunks (whole cache lines) run on XLA's intra-op
+// thread pool (pool_chunks.h).
 //
 // The instruction set is picked at run time (AVX-512F+BW+VL, AVX2+FMA, or portable C++),
 // so one build serves every x86-64 machine (and other targets use the portable loop).
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
+#include "pool_chunks.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -62,16 +59,6 @@ struct Tile {
 int64_t TileWidth(int64_t m, int64_t width) {
   const int64_t t = std::max<int64_t>(kLine, kTileFloats / m / kLine * kLine);
   return std::min(t, width);
-}
-
-float* Scratch(int64_t floats) {
-  thread_local std::unique_ptr<float[]> buf;
-  thread_local int64_t size = 0;
-  if (size < floats) {
-    buf.reset(new float[floats]);
-    size = floats;
-  }
-  return buf.get();
 }
 
 // y[:, c0:c0+T] = (x @ q[:, c0:c0+T]) * scale[c0:c0+T], accumulating in `acc`. Portable C++.
@@ -270,30 +257,12 @@ TileFn Pick(int64_t isa) {
 void Range(const Problem& p, TileFn fn, int64_t n0, int64_t n1) {
   const int64_t tw = TileWidth(p.m, n1 - n0);
   const int64_t stride = p.m == 1 ? tw : tw + 16;  // rows never 4 KiB apart
-  float* acc = Scratch(p.m * stride);
+  float* acc = avjax_native::ThreadScratch(p.m * stride);
   for (int64_t c0 = n0; c0 < n1; c0 += tw) fn(p, c0, Tile{std::min(tw, n1 - c0), stride, acc});
 }
 
 constexpr int64_t kChunkAlign = kLine;          // chunks start on a cache line of each row
 constexpr int64_t kMinWorkPerChunk = 1 << 18;  // weights x rows per thread, at least
-
-// Column chunks shared by the calling thread and pool tasks. Held by shared_ptr: a pool
-// task that starts after the call has returned finds no chunk left and touches only this.
-struct Shared {
-  Problem p;
-  TileFn fn;
-  int64_t chunks, per_chunk;
-  std::atomic<int64_t> next{0}, done{0};
-
-  void Work() {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      const int64_t n0 = c * per_chunk;
-      const int64_t n1 = std::min(p.n, n0 + per_chunk);
-      Range(p, fn, n0, n1);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
 
 ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> q,
                           ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y,
@@ -312,34 +281,16 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   }
   const TileFn fn = Pick(isa);
 
-  int64_t threads = pool.num_threads();
-  if (threads < 1) threads = 1;
-  if (max_threads > 0 && threads > max_threads) threads = max_threads;
+  const int64_t threads = avjax_native::Threads(pool, max_threads);
   const int64_t lines = (n + kChunkAlign - 1) / kChunkAlign;
   const int64_t by_work = std::max<int64_t>(1, k * n * m / kMinWorkPerChunk);
   const int64_t wanted = std::min({threads, lines, by_work});
-  const int64_t lines_per_chunk = (lines + wanted - 1) / wanted;
-  const int64_t chunks = (lines + lines_per_chunk - 1) / lines_per_chunk;  // none empty
-  if (chunks <= 1) {
-    Range(p, fn, 0, n);
-    return ffi::Error::Success();
-  }
-  auto shared = std::make_shared<Shared>();
-  shared->p = p;
-  shared->fn = fn;
-  shared->chunks = chunks;
-  shared->per_chunk = lines_per_chunk * kChunkAlign;
-  for (int64_t t = 1; t < chunks; ++t) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  for (int spins = 0; shared->done.load(std::memory_order_acquire) < chunks; ++spins) {
-    if (spins < 4096) {
-#ifdef AVJAX_X86
-      _mm_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  const int64_t per_chunk = (lines + wanted - 1) / wanted * kChunkAlign;
+  const int64_t chunks = (n + per_chunk - 1) / per_chunk;  // none empty
+  avjax_native::RunChunks(pool, chunks, [&p, fn, per_chunk](int64_t c) {
+    const int64_t n0 = c * per_chunk;
+    Range(p, fn, n0, std::min(p.n, n0 + per_chunk));
+  });
   return ffi::Error::Success();
 }
 
