@@ -143,12 +143,14 @@ def abstract_inputs(config) -> tuple[dict[str, jax.ShapeDtypeStruct], dict[str, 
             "label": ((g,), i32),
         }
         stats = {"codes_grid": np.asarray(grid)}
-    else:  # sound2sight
+    else:  # sound2sight, mcav
         t = d.n_past + d.n_future
         batch = {
             "frames": ((g, t, d.image_size, d.image_size, d.channels), np.dtype(np.uint8)),
             "audio": ((g, t, *d.audio_shape), f32),
             "block": ((g, 4), i32),
         }
+        if d.get("flow"):  # MCAV: the stored backward flow of the same frames
+            batch["flow"] = ((g, t, d.image_size, d.image_size, 2), f32)
         stats = {}
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in batch.items()}, stats

@@ -94,7 +94,14 @@ def test_build_train_step_shards_what_fsdp_min_size_says():
 
 
 @pytest.mark.parametrize(
-    "name", ["specvqgan_vggsound", "melgan_vggsound", "sound2sight_m3so_nb", "sound2sight_drums"]
+    "name",
+    [
+        "specvqgan_vggsound",
+        "melgan_vggsound",
+        "sound2sight_m3so_nb",
+        "sound2sight_drums",
+        "mcav_m3so_nb",
+    ],
 )
 def test_abstract_inputs_match_the_pipelines(name):
     config = importlib.import_module(f"configs.{name}").get_config("tiny")
