@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import time
 
 import numpy as np
@@ -154,6 +155,85 @@ def step_gflop(fn, *args) -> float:
     cost = jax.jit(fn).trace(*spec).lower(lowering_platforms=("cpu",)).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float((cost or {}).get("flops", 0.0)) / 1e9
+
+
+# HLO instructions that launch no work of their own (views, tuples, parameters).
+_FREE_OPS = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast"}
+
+
+def _hlo_computations(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Optimized HLO text -> {computation name: [(opcode, instruction line)]}."""
+    comps: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for line in text.splitlines():
+        head = re.match(r"^(?:ENTRY\s+)?%?([^\s(]+)\s.*\{\s*$", line)
+        if head:
+            current = comps.setdefault(head[1], [])
+            continue
+        if line.startswith("}"):
+            current = None
+            continue
+        m = re.match(r"^\s+(?:ROOT\s+)?%?[^\s=]+\s*=\s*", line)
+        if current is None or not m:
+            continue
+        rest = line[m.end() :]
+        if rest.startswith("("):  # a tuple shape: skip its balanced parentheses
+            depth = 0
+            for i, ch in enumerate(rest):
+                depth += {"(": 1, ")": -1}.get(ch, 0)
+                if depth == 0:
+                    rest = rest[i + 1 :]
+                    break
+        else:
+            rest = rest.split(" ", 1)[-1]
+        op = re.match(r"\s*([\w\-]+)\(", rest)
+        if op:
+            current.append((op[1], line))
+    return comps
+
+
+def hlo_loop_ops(text: str) -> dict:
+    """What one iteration of a compiled program's main loop runs, from its optimized HLO.
+
+    The main loop is the `while` whose body has the most instructions (a sampler's token
+    loop). Returns the body's instructions that do work (`ops`, by opcode; views, tuples and
+    parameters left out), custom-call targets, loops nested in it (on a GPU every iteration
+    of a loop reads its predicate back to the host) and the instructions inside the
+    computations it `call`s (XLA's GPU command buffers, each launched as one CUDA graph).
+    On a GPU nearly every op is a kernel launch: at batch 1 their count per token, not the
+    bytes of the weights, can bound a sampler.
+    """
+    comps = _hlo_computations(text)
+    bodies = [
+        m[1]
+        for ins in comps.values()
+        for _, line in ins
+        for m in [re.search(r"body=%?([\w.\-]+)", line)]
+        if m
+    ]
+    if not bodies:
+        return {"ops": 0}
+    body = max(bodies, key=lambda b: len(comps.get(b, [])))
+    work = [(op, line) for op, line in comps.get(body, []) if op not in _FREE_OPS]
+    by_op: dict[str, int] = {}
+    targets: dict[str, int] = {}
+    in_calls = 0
+    for op, line in work:
+        by_op[op] = by_op.get(op, 0) + 1
+        if op == "custom-call":
+            t = re.search(r'custom_call_target="([^"]+)"', line)
+            targets[t[1] if t else "?"] = targets.get(t[1] if t else "?", 0) + 1
+        if op == "call":
+            callee = re.search(r"to_apply=%?([\w.\-]+)", line)
+            callee_ops = comps.get(callee[1], []) if callee else []
+            in_calls += sum(o not in _FREE_OPS for o, _ in callee_ops)
+    return {
+        "ops": len(work),
+        "by_opcode": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+        "custom_call_targets": targets,
+        "nested_loops": by_op.get("while", 0),
+        "ops_inside_calls": in_calls,
+    }
 
 
 def write_json(out: str | pathlib.Path, name: str, result: dict) -> pathlib.Path:

@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, dict[str, tuple[list[str], int]]] = {
                 "--pipeline",
                 "--agreement",
                 "bfloat16",
+                "--dump_hlo",
                 "--quick",
             ],
             200,

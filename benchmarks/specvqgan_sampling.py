@@ -26,6 +26,10 @@ set against the copy bandwidth of the memory holding the weights (a numpy copy o
 RAM on CPU, a jitted copy on an accelerator: `_common.memory_bandwidth_gbs`).
 `--pipeline` adds decoding (codebook decoder, paper size) and vocoding (MelGAN) of the
 sampled codes: seconds per clip of the whole video-to-sound path.
+Each program's token loop is read from its optimized HLO (`_common.hlo_loop_ops`): the
+ops one token step runs (on a GPU nearly each is a kernel launch, which at batch 1 can cost
+more than reading the weights), loops nested in it and command-buffer calls;
+`--dump_hlo` writes the whole optimized HLO beside the JSON, for reading offline.
 `--no_cache_tokens N` also times N tokens of the no-cache sampler (the official
 evaluation algorithm) and extrapolates to 265. Reference (official PyTorch, no cache,
 2-core CPU): 389 s per clip.
@@ -36,6 +40,7 @@ Writes D/specvqgan_sampling_<config>_<dtype>_<platform>.json per dtype.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import pathlib
 import sys
@@ -165,6 +170,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one timed round, no extras")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="suffix of the JSON file names")
+    ap.add_argument(
+        "--dump_hlo", action="store_true", help="also write each program's optimized HLO (gzip)"
+    )
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
 
@@ -194,7 +202,21 @@ def main():
             call()
             cases[d, b] = call
             results[d]["batches"][b] = {"first_call_s": round(time.perf_counter() - t0, 2)}
-            print(f"compiled {d} batch {b}", flush=True)
+            # The executable just compiled (cached, so no second compile): its token loop.
+            hlo = (
+                sampling.sample.lower(m, p, rng, feats, num_tokens=num_tokens, num_samples=b, **kw)
+                .compile()
+                .as_text()
+            )
+            loop = _common.hlo_loop_ops(hlo)
+            loop["ops_per_layer"] = round(loop["ops"] / m.n_layer, 1)
+            results[d]["batches"][b]["token_loop"] = loop
+            if args.dump_hlo:
+                out = pathlib.Path(args.out)
+                out.mkdir(parents=True, exist_ok=True)
+                path = out / f"specvqgan_sampling_{args.config}_{d}_b{b}_{info['platform']}.hlo.gz"
+                path.write_bytes(gzip.compress(hlo.encode()))
+            print(f"compiled {d} batch {b}: {loop['ops']} ops per token step", flush=True)
     times = {c: [] for c in cases}
     for _ in range(rounds):
         for c, call in cases.items():
@@ -240,6 +262,10 @@ def main():
             summary = [
                 [f"{d}: one clip at batch {b0}{route}", f"{r0['seconds_per_clip']} s"],
                 [f"{d}: achieved / copy bandwidth", f"{r0['achieved_gbs']} / {copy_gbs} GB/s"],
+                [
+                    f"{d}: ops per token step, batch {b0} (on a GPU ~ kernel launches)",
+                    f"{r0['token_loop']['ops']} ({r0['token_loop']['nested_loops']} nested loops)",
+                ],
             ]
             for b in batches[1:]:
                 summary.append(

@@ -68,6 +68,49 @@ def test_step_gflop_counts_a_matmul_from_shapes():
     assert _common.step_gflop(lambda x, y: x @ y, a, b) * 1e9 == 2 * 64 * 32 * 16
 
 
+HLO = """\
+HloModule jit_sample
+
+%cb (p.0: f32[4]) -> f32[4] {
+  %p.0 = f32[4]{0} parameter(0)
+  ROOT %n.1 = f32[4]{0} negate(%p.0)
+}
+
+%body (arg: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %arg = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%arg), index=0
+  %x = f32[4]{0} get-tuple-element(%arg), index=1
+  %f = f32[4]{0} fusion(%x), kind=kLoop, calls=%cb
+  %g = f32[4]{0} custom-call(%f), custom_call_target="__cublas$gemm"
+  %h = f32[4]{0} call(%g), to_apply=%cb
+  %w = (s32[], /*index=1*/f32[4]{0}) while(%arg), condition=%cond, body=%inner
+  ROOT %t = (s32[], f32[4]{0}) tuple(%i, %h)
+}
+
+%inner (a: (s32[], f32[4])) -> (s32[], f32[4]) {
+  ROOT %a = (s32[], f32[4]{0}) parameter(0)
+}
+
+ENTRY %main (x: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  %w = (s32[], f32[4]{0}) while(%x), condition=%cond, body=%body
+  ROOT %r = f32[4]{0} get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_hlo_loop_ops_counts_the_main_loop_body():
+    loop = _common.hlo_loop_ops(HLO)
+    assert loop == {
+        "ops": 4,  # fusion, custom-call, call, while; views and the tuple are free
+        "by_opcode": {"fusion": 1, "custom-call": 1, "call": 1, "while": 1},
+        "custom_call_targets": {"__cublas$gemm": 1},
+        "nested_loops": 1,
+        "ops_inside_calls": 1,  # the negate of %cb
+    }
+    assert _common.hlo_loop_ops("HloModule m\n") == {"ops": 0}
+
+
 def test_every_benchmark_has_quick_and_tiny_modes():
     names = run_all.discover()
     assert names[:5] == [
