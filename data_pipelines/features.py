@@ -20,6 +20,7 @@ of the same shape; here it is drawn from a per-example seeded generator (reprodu
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -244,7 +245,7 @@ def read_feature_streams(
 def per_frame_features(streams: Sequence[np.ndarray], num_frames: int) -> np.ndarray:
     """Streams -> [num_frames, sum D] per-frame features (21.5 fps), tiled when too short.
 
-    The condition of long (> 10 s) samples, which slide a window over frames (4 per column).
+    The condition of long (> 10 s) samples, which slide a window over these frames.
     """
     n = min(len(s) for s in streams)
     x = np.concatenate([s[:n] for s in streams], axis=1).astype(np.float32)
@@ -351,16 +352,18 @@ def condition(
     columns: int,
     window_columns: int,
     seed: int = 0,
+    frames_per_column: float = 4.0,
 ) -> np.ndarray:
     """The transformer's condition for `columns` code columns of audio.
 
     Returns the model's condition [sample_size, D] (`prepare_features`; seeded uniform noise
-    for "No Feats", `streams` None), or per-frame features [>= 4 * columns + 1, D] when
+    for "No Feats", `streams` None), or per-frame features [>= F * columns + 1, D] when
     `columns` exceed one training window (`window_columns`): the sampler then slides its
-    window over them (4 video frames per code column of the paper's codebook).
+    window over them, F = `frames_per_column` video frames per code column (4 for the
+    paper's codebook; `Video2Sound.feature_frames_per_column`).
     """
     if streams is None:
         return random_features(spec, np.random.default_rng(seed))
     if columns > window_columns:
-        return per_frame_features(streams, 4 * columns + 1)
+        return per_frame_features(streams, math.ceil(frames_per_column * columns) + 1)
     return prepare_features(streams, spec)

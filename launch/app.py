@@ -162,8 +162,11 @@ class VideoToSound:
             if video is not None:
                 video_io.read_frames(video, 1.0, 8)  # a broken upload stops here
             streams = F.visual_streams(self.spec, features, None, video, self.extractor)
-            columns = self.v2s.num_columns(seconds)
-            feats = F.condition(streams, self.spec, columns, self.v2s.window_columns, seed)
+            v2s = self.v2s
+            columns = v2s.num_columns(seconds)
+            feats = F.condition(
+                streams, self.spec, columns, v2s.window_columns, seed, v2s.feature_frames_per_column
+            )
         except (OSError, ValueError) as e:
             raise UserError(str(e)) from None
         key = (num_samples, columns)

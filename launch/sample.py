@@ -149,7 +149,9 @@ def main(argv):
         v2s = Video2Sound.from_workdir(workdir, FLAGS.codebook_workdir, FLAGS.weights_dtype)
         vocoder = load_vocoder(FLAGS.vocoder_workdir)
         columns = v2s.num_columns(FLAGS.seconds)
-        feats = F.condition(streams, spec, columns, v2s.window_columns, FLAGS.seed)
+        feats = F.condition(
+            streams, spec, columns, v2s.window_columns, FLAGS.seed, v2s.feature_frames_per_column
+        )
     except (OSError, ValueError) as e:
         bar.close()
         raise UserError(str(e)) from None

@@ -123,7 +123,7 @@ v2s = Video2Sound.from_workdir(RUNS / "transformer")
 spec = F.FeatureSpec.from_config(read_config(RUNS / "transformer", "transformer"))
 streams = F.visual_streams(spec, video=clip)  # the .pkl beside the video
 columns = v2s.num_columns()  # one training window
-cond = F.condition(streams, spec, columns, v2s.window_columns)
+cond = F.condition(streams, spec, columns, v2s.window_columns, 0, v2s.feature_frames_per_column)
 codes = v2s.sample_codes(cond[None], jax.random.PRNGKey(0), num_samples=2, top_k=0)
 mels = v2s.decode(codes)
 vocoder = load_vocoder(None)  # Griffin-Lim; pass a MelGAN run for better sound

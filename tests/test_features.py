@@ -246,5 +246,8 @@ def test_visual_streams_and_condition(tmp_path):
     assert np.array_equal(cond, streams[1:213][[35, 77, 119, 162, 204]])
     long = F.condition([streams], spec, columns=80, window_columns=53)
     assert long.shape == (4 * 80 + 1, 2048) and np.array_equal(long[:215], streams)
+    # A codebook whose columns last 1 feature frame (`:tiny`): 80 columns, 215 frames kept.
+    short = F.condition([streams], spec, 80, 53, frames_per_column=1.0)
+    assert np.array_equal(short, streams)
     noise = F.condition(None, F.FeatureSpec("none", sample_size=5), 53, 53, seed=3)
     assert noise.shape == (5, 2048) and noise.min() >= 0 and noise.max() < 1

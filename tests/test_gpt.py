@@ -156,6 +156,35 @@ def test_sliding_window_long_audio(tiny):
     ramp = jnp.arange(100.0)[None, :, None]
     w = sampling.window_features(ramp, 3, 8, 32)[0, :, 0]
     np.testing.assert_array_equal(w, 12 + np.arange(32))
+    # Another codebook's columns (`:tiny`: 1 frame each; 2.5): frames [round(F s), + round(F W)).
+    w = sampling.window_features(ramp, 3, 8, 8, frames_per_column=1.0)[0, :, 0]
+    np.testing.assert_array_equal(w, 3 + np.arange(8))
+    w = sampling.window_features(ramp, 3, 8, 20, frames_per_column=2.5)[0, :, 0]
+    np.testing.assert_array_equal(w, 8 + np.arange(20))  # round(7.5) = 8, 20 frames
+    # 1 frame per column: 21 columns need 21 frames (4 * 21 at the default), and window k
+    # starting at column s is conditioned on frames [s, s + 8).
+    one = dict(kw, frames_per_column=1.0)
+    codes1 = sampling.sample_long(
+        model, params, key, per_frame[:, :21], labels, num_columns=21, **one
+    )
+    assert codes1.shape == (4, rows * 21)
+    s1 = hop  # window 1: its first window - hop columns primed, conditioned on frames [3, 11)
+    second = sampling.sample(
+        model,
+        params,
+        jax.random.fold_in(key, 1),
+        jnp.repeat(sampling.window_features(per_frame[:, :21], s1, window, TC, 1.0), 2, 0),
+        jnp.repeat(labels, 2, 0),
+        codes1[:, rows * s1 : rows * window],
+        num_tokens=rows * window,
+    )
+    np.testing.assert_array_equal(
+        codes1[:, rows * window : rows * (window + hop)], second[:, rows * (window - hop) :]
+    )
+    with pytest.raises(ValueError, match="frames_per_column"):
+        sampling.sample_long(
+            model, params, key, per_frame, labels, num_columns=21, **dict(kw, frames_per_column=0)
+        )
 
 
 def test_bf16_weights_sample(tiny):
@@ -346,6 +375,9 @@ def test_video2sound_end_to_end(tmp_path):
     np.testing.assert_array_equal(codes, v2s.sample_codes(feats, jax.random.PRNGKey(0), 2))
     mels = v2s.decode(codes)
     assert mels.shape == (2, 80, 64) and mels.min() >= 0 and mels.max() <= 1
+    # One column: 16 mel hops of 256 samples at 22050 Hz = 3.99 feature frames (21.5 fps).
+    assert v2s.frames_per_column == 16
+    assert v2s.feature_frames_per_column == pytest.approx(16 * 256 / 22050 * 21.5)
     # Longer than one window: 9 columns from per-frame features (4 per column), hop 2.
     per_frame = jax.random.uniform(jax.random.PRNGKey(3), (1, 4 * 9, D))
     long = v2s.sample_mels(per_frame, jax.random.PRNGKey(1), num_columns=9)

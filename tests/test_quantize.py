@@ -140,6 +140,28 @@ def test_gpt_samples_with_reduced_weights(tiny_gpt, weights_dtype):
     gpu = sampling.for_inference(model, params, weights_dtype, "gpu")[0]
     assert gpu.dtype == jnp.bfloat16 and gpu.cache_dtype == jnp.bfloat16
     assert sampling.for_inference(model, params, "float32")[1] is params
+    assert m.fused_qkv and set(p["blocks_0"]["attn"]) == {"qkv", "proj"}
+
+
+def test_fused_qkv_is_the_same_attention(tiny_gpt):
+    model, params, feats = tiny_gpt
+    fused = sampling.fuse_qkv(params)
+    attn, qkv = params["blocks_1"]["attn"], fused["blocks_1"]["attn"]["qkv"]
+    c = attn["query"]["kernel"].shape[0]
+    for i, name in enumerate(("query", "key", "value")):  # [C, 3C] in q, k, v order
+        np.testing.assert_array_equal(qkv["kernel"][:, i * c : (i + 1) * c], attn[name]["kernel"])
+        np.testing.assert_array_equal(qkv["bias"][i * c : (i + 1) * c], attn[name]["bias"])
+    toks = jax.random.randint(jax.random.PRNGKey(2), (1, 19), 0, 32)
+    ref = model.apply({"params": params}, toks, feats)
+    got = model.clone(fused_qkv=True).apply({"params": fused}, toks, feats)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * float(jnp.abs(ref).max()))
+    # int8 per-output-channel scales: quantising the fused kernel = quantising each part.
+    q = quantize.convert_params(fused, "int8")["blocks_1"]["attn"]["qkv"]
+    parts = [
+        quantize.quantize_int8(np.asarray(attn[n]["kernel"])) for n in ("query", "key", "value")
+    ]
+    np.testing.assert_array_equal(q["kernel"], np.concatenate([a for a, _ in parts], axis=1))
+    np.testing.assert_array_equal(q["kernel_scale"], np.concatenate([b for _, b in parts]))
 
 
 # ------------------------------------------------------------------ native int8 matmul

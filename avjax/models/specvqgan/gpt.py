@@ -103,7 +103,8 @@ def _native_step(q, k, v, kc, vc, pos, scale):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with separate key/query/value/proj Dense layers."""
+    """Multi-head causal self-attention with key/query/value/proj Dense layers (query, key
+    and value as one `qkv` layer with `fused_qkv`, see `GPT`)."""
 
     n_embd: int
     n_head: int
@@ -111,6 +112,7 @@ class CausalSelfAttention(nn.Module):
     resid_pdrop: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    fused_qkv: bool = False
 
     @nn.compact
     def __call__(self, x, *, deterministic=True, cache=None, pos=None):
@@ -118,8 +120,8 @@ class CausalSelfAttention(nn.Module):
         first position of x (with a cache)."""
         b, t, c = x.shape
         h = self.n_head
-        dense = lambda name: Dense(
-            c,
+        dense = lambda name, n=c: Dense(
+            n,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=_normal(),
@@ -127,7 +129,10 @@ class CausalSelfAttention(nn.Module):
             name=name,
         )
         heads = lambda y: y.reshape(b, t, h, c // h).transpose(0, 2, 1, 3)  # [B, H, T, D]
-        q, k, v = heads(dense("query")(x)), heads(dense("key")(x)), heads(dense("value")(x))
+        if self.fused_qkv:
+            q, k, v = map(heads, jnp.split(dense("qkv", 3 * c)(x), 3, axis=-1))
+        else:
+            q, k, v = heads(dense("query")(x)), heads(dense("key")(x)), heads(dense("value")(x))
         scale = 1.0 / math.sqrt(c // h)
         if cache is None:
             new_cache = None
@@ -171,6 +176,7 @@ class Block(nn.Module):
     resid_pdrop: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    fused_qkv: bool = False
 
     @nn.compact
     def __call__(self, x, *, deterministic=True, cache=None, pos=None):
@@ -192,6 +198,7 @@ class Block(nn.Module):
             self.resid_pdrop,
             self.dtype,
             self.param_dtype,
+            self.fused_qkv,
             name="attn",
         )(ln("ln1")(x), deterministic=deterministic, cache=cache, pos=pos)
         x = x + y
@@ -214,6 +221,9 @@ class GPT(nn.Module):
       embd_pdrop, resid_pdrop, attn_pdrop: dropouts (0 in the released models).
       dtype, param_dtype: compute and parameter dtypes.
       cache_dtype: KV cache dtype (default `dtype`); bfloat16 halves the cache's bytes.
+      fused_qkv: one `qkv` Dense [C, 3C] per block instead of `query`, `key`, `value`: the
+        sampling layout of `sampling.for_inference` (`sampling.fuse_qkv`), one matmul per
+        token step where there were three; training and checkpoints use the separate ones.
     """
 
     vocab_size: int
@@ -229,6 +239,7 @@ class GPT(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     cache_dtype: Any = None
+    fused_qkv: bool = False
 
     def setup(self):
         if self.n_embd % self.n_head:
@@ -269,6 +280,7 @@ class GPT(nn.Module):
                 self.resid_pdrop,
                 self.dtype,
                 self.param_dtype,
+                self.fused_qkv,
                 name=f"blocks_{i}",
             )
             for i in range(self.n_layer)

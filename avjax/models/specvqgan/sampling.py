@@ -14,12 +14,14 @@
   positions) and reads the logits at position Tc - 1 + j. Same keys as `sample`, so both
   give the same tokens up to float rounding; used by tests and the benchmark.
 * `for_inference`: bfloat16 or int8 Dense kernels for sampling (`avjax.nn.quantize`),
-  halving or quartering the bytes read per token; the default on GPU / TPU is bfloat16.
+  halving or quartering the bytes read per token (the default on GPU / TPU is bfloat16),
+  with each block's query / key / value projections fused into one matmul (`fuse_qkv`).
 * `sample_long`: audio longer than one 53-column window (the paper's "drum solo") by a
   sliding window; see its docstring for how codes and features are windowed.
 
 Sequences are column-major (`permuter.to_sequence`): 5 tokens per time column, 16 mel
-frames per column, 4 video-feature frames (21.5 fps) per column.
+frames per column, 4 video-feature frames (21.5 fps) per column (the paper's codebook;
+`:tiny`'s has 4 mel frames and 1 feature frame per column).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from avjax.models.specvqgan.gpt import GPT
 from avjax.nn import quantize
 
 NEG_INF = -jnp.inf
-FRAMES_PER_COLUMN = 4  # video-feature frames (21.5 fps) per code column (16 mel hops)
+FEATURE_FPS = 21.5  # frame rate of the official visual features (and `resnet_features`)
+FRAMES_PER_COLUMN = 4  # feature frames per code column of the paper's codebook (16 mel hops)
 
 
 # ------------------------------------------------------------------------------ filters
@@ -214,7 +217,9 @@ def for_inference(model: GPT, params, weights_dtype="bfloat16", platform: str | 
     weights the model and its KV cache compute in bfloat16 on GPU / TPU, in float32 on CPU
     (`platform`, default `jax.default_backend()`), where XLA runs the reduced matmuls as
     described in `avjax.nn.quantize` (and a bfloat16 cache would be widened to float32,
-    a full copy, at every layer and step). Accepts dtypes (jnp.bfloat16) too.
+    a full copy, at every layer and step). Each block's query, key and value projections
+    become one (`fuse_qkv`): a token step runs one matmul where it ran three. Accepts
+    dtypes (jnp.bfloat16) too.
     """
     name = weights_dtype if isinstance(weights_dtype, str) else jnp.dtype(weights_dtype).name
     quantize.check_weights_dtype(name)
@@ -222,8 +227,23 @@ def for_inference(model: GPT, params, weights_dtype="bfloat16", platform: str | 
         return model, params
     platform = platform or jax.default_backend()
     compute = jnp.float32 if platform == "cpu" else jnp.bfloat16
-    model = model.clone(dtype=compute, cache_dtype=compute)
-    return model, quantize.convert_params(params, name)
+    model = model.clone(dtype=compute, cache_dtype=compute, fused_qkv=True)
+    return model, quantize.convert_params(fuse_qkv(params), name)
+
+
+def fuse_qkv(params):
+    """GPT params with each block's attn `query`, `key`, `value` Dense layers as one `qkv`
+    layer: kernels [C, C] x 3 -> [C, 3C] and biases [C] x 3 -> [3C], in that order (the
+    layout of `GPT(fused_qkv=True)`). Quantising afterwards gives the same int8 values and
+    per-output-channel scales as quantising each part alone."""
+    out = dict(params)
+    for name, block in params.items():
+        if name.startswith("blocks_"):
+            attn = dict(block["attn"])
+            parts = [attn.pop(n) for n in ("query", "key", "value")]
+            attn["qkv"] = {k: jnp.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
+            out[name] = {**block, "attn": attn}
+    return out
 
 
 # ------------------------------------------------------------------------- long audio
@@ -233,15 +253,23 @@ def resample_indices(num_frames: int, num_out: int) -> np.ndarray:
     return idx + num_frames // (num_out + 1)
 
 
-def window_features(feats, start_column: int, window_columns: int, feat_len: int):
+def window_features(
+    feats,
+    start_column: int,
+    window_columns: int,
+    feat_len: int,
+    frames_per_column: float = FRAMES_PER_COLUMN,
+):
     """Feature condition of the code window starting at `start_column`.
 
-    Per-frame features [B, T, D] at 21.5 fps: frames [4 s, 4 s + 4 W) (W = window
-    columns, 212 frames for 53), edge-padded past the end, resampled to `feat_len` rows
-    with `resample_indices`. Returns [B, feat_len, D].
+    Per-frame features [B, T, D] at 21.5 fps, F = `frames_per_column` per code column:
+    frames [round(F s), round(F s) + round(F W)) (W = window columns; 212 frames for 53 at
+    the paper's F = 4), edge-padded past the end, resampled to `feat_len` rows with
+    `resample_indices`. Returns [B, feat_len, D].
     """
     feats = jnp.asarray(feats)
-    lo, n = FRAMES_PER_COLUMN * start_column, FRAMES_PER_COLUMN * window_columns
+    lo = round(frames_per_column * start_column)
+    n = max(1, round(frames_per_column * window_columns))
     idx = np.minimum(lo + resample_indices(n, feat_len), feats.shape[1] - 1)
     return feats[:, idx]
 
@@ -263,6 +291,7 @@ def sample_long(
     top_k=0,
     top_p=1.0,
     feat_len: int | None = None,
+    frames_per_column: float = FRAMES_PER_COLUMN,
 ) -> jax.Array:
     """Samples `num_columns` code columns (any length) with a sliding window.
 
@@ -274,10 +303,12 @@ def sample_long(
     function from window 1 on), with key `fold_in(rng, k)`.
 
     Features: `feats` is either
-      * per-frame features covering the output, [B, T >= 4 * num_columns, D] at 21.5 fps
-        (4 frames per code column): window k is conditioned on frames
-        [4 s_k, 4 s_k + 4 W), edge-padded past T, resampled to the model's feature count
-        Tc with the official ResampleFrames rule (`window_features`); or
+      * per-frame features covering the output, [B, T >= F * num_columns, D] at 21.5 fps
+        (F = `frames_per_column` per code column, the same seconds as the column's mel
+        frames: 4 for the paper's codebook, `Video2Sound.feature_frames_per_column`):
+        window k is conditioned on frames [F s_k, F s_k + F W), edge-padded past T,
+        resampled to the model's feature count Tc with the official ResampleFrames rule
+        (`window_features`); or
       * the model's condition itself, [B, Tc, D] (e.g. "No Feats" random features, or
         1/5 summary frames): the same condition for every window.
     Labels (class-conditioned models) are the same for every window. `feat_len` (Tc) is
@@ -292,21 +323,25 @@ def sample_long(
         raise ValueError(f"hop_columns={hop_columns} must lie in (0, {window_columns}]")
     kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     tc = _feature_count(model, rows * window_columns) if feat_len is None else feat_len
+    if not frames_per_column > 0:
+        raise ValueError(f"frames_per_column={frames_per_column} must be positive")
     per_frame = None
     if feats is not None:
-        t = feats.shape[1]
-        if t >= FRAMES_PER_COLUMN * min(num_columns, window_columns) and not (
+        t, fpc = feats.shape[1], frames_per_column
+        if t >= round(fpc * min(num_columns, window_columns)) and not (
             t == tc and num_columns > window_columns
         ):
             per_frame = feats
         elif t != tc:
             raise ValueError(
                 f"features of {t} frames: expected the model's {tc} condition frames or "
-                f"per-frame features of >= {FRAMES_PER_COLUMN * num_columns} frames (21.5 fps, "
-                f"{FRAMES_PER_COLUMN} per code column) for {num_columns} columns"
+                f"per-frame features of >= {math.ceil(fpc * num_columns)} frames (21.5 fps, "
+                f"{fpc:g} per code column) for {num_columns} columns"
             )
     cond = lambda s: (
-        feats if per_frame is None else window_features(per_frame, s, window_columns, tc)
+        feats
+        if per_frame is None
+        else window_features(per_frame, s, window_columns, tc, frames_per_column)
     )
     first = min(num_columns, window_columns)
     codes = sample(

@@ -5,8 +5,9 @@
   waves = avjax.audio.vocoder.load_vocoder(None)(mels)                  # Griffin-Lim
 
 Codes are column-major sequences (`permuter`), `rows` (5) tokens per time column; one
-column is 16 mel frames and 4 video-feature frames (21.5 fps). `num_columns=53` is the
-paper's 10 s (848 frames); more columns slide the window (`sampling.sample_long`).
+column of the paper's codebook is 16 mel frames and 4 video-feature frames (21.5 fps).
+`num_columns=53` is the paper's 10 s (848 frames); more columns slide the window
+(`sampling.sample_long`) over per-frame features, `feature_frames_per_column` per column.
 """
 
 from __future__ import annotations
@@ -113,6 +114,14 @@ class Video2Sound:
         return self.codec.crop_frames // self.window_columns
 
     @property
+    def feature_frames_per_column(self) -> float:
+        """Video-feature frames (21.5 fps) in the seconds of one code column: 3.99 for the
+        paper's codebook (16 hops of 256 samples at 22050 Hz), 1.0 for `:tiny` (4 hops)."""
+        spec = self.codec.spec
+        seconds = self.frames_per_column * spec.hop_length / spec.sample_rate
+        return seconds * sampling.FEATURE_FPS
+
+    @property
     def window_seconds(self) -> float:
         """Seconds of audio in one training window (9.85 s for the paper's 848 frames)."""
         spec = self.codec.spec
@@ -145,8 +154,8 @@ class Video2Sound:
 
         Args:
           feats: [B, Tc, D] (the model's condition, e.g. 212 frames) or per-frame features
-            [B, >= 4 * num_columns, D] for long audio (see `sampling.sample_long`); None for a
-            class-only model.
+            [B, >= feature_frames_per_column * num_columns, D] for long audio (see
+            `sampling.sample_long`); None for a class-only model.
           rng: PRNG key (same key, same samples).
           num_samples: samples per condition, drawn in parallel.
           temperature, top_k, top_p: default to the run's `config.sampling`.
@@ -185,6 +194,7 @@ class Video2Sound:
             hop_columns=hop_columns or max(1, self.window_columns // 2),
             num_samples=num_samples,
             feat_len=self.feat_len,
+            frames_per_column=self.feature_frames_per_column,
             **kw,
         )
         return np.asarray(codes)
