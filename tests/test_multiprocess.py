@@ -112,7 +112,8 @@ def _imported_codebook(path: pathlib.Path) -> pathlib.Path:
 
 
 def test_transformer_two_processes_match_one_process_and_resume(tmp_path):
-    """Tiny GPT on the codes of a tiny codebook; samples decoded with it on every step.
+    """Tiny GPT on the codes of a tiny codebook; samples decoded with it and the eval step
+    on every step.
 
     The two processes then resume to step 2, each from its own data-iterator state.
     """
@@ -124,8 +125,9 @@ def test_transformer_two_processes_match_one_process_and_resume(tmp_path):
         "--config.train.num_steps=1",
     ]
     two, one = tmp_path / "two", tmp_path / "one"
-    _train(1, one, config, *flags, *NO_SAMPLES)  # one process first: it extracts the codes
-    out = _train(2, two, config, *flags)
+    evals = ["--config.train.eval_every=1", "--config.train.eval_batches=2"]
+    _train(1, one, config, *flags, *evals, *NO_SAMPLES)  # one process first: it extracts codes
+    out = _train(2, two, config, *flags, *evals)
     _assert_two_process_run(out, two, 1)
     assert sorted(p.name for p in (two / "samples" / "1").iterdir()) == [
         "0_codebook_real_vs_sample.png",
@@ -135,6 +137,10 @@ def test_transformer_two_processes_match_one_process_and_resume(tmp_path):
     a, b = load_run(two, step=1).state, load_run(one, step=1).state
     assert _max_diff(a["params"], b["params"]) <= 1e-4
     np.testing.assert_allclose(_metrics(two, 1)["train/loss"], _metrics(one, 1)["train/loss"], 1e-5)
+    evaluated = [k for k in _metrics(one, 1) if k.startswith("eval/")]
+    assert evaluated, _metrics(one, 1)
+    for k in evaluated:  # the eval step, compiled on both processes before it first runs
+        np.testing.assert_allclose(_metrics(two, 1)[k], _metrics(one, 1)[k], 1e-5, err_msg=k)
 
     # Resumes (its samples left out: step 1 wrote them on two processes already).
     out = _train(2, two, config, *flags[:2], "--config.train.num_steps=2", *NO_SAMPLES)

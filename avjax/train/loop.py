@@ -316,22 +316,27 @@ def build_train_step(config, task: Task, devices=None) -> TrainStep:
 
 
 def compile_then_wait(jitted, name: str):
-    """`jitted`, compiled at its first call, then run once every process has compiled it.
+    """`jitted`, compiled at its first call with each argument shape, then run once every
+    process has compiled that program.
 
     XLA:CPU's cross-process collectives (Gloo) give up when processes reach a program's first
     collective more than 30 s apart ("GetKeyValue() timed out", fixed in XLA; neither
     `--initialization_timeout` nor `--xla_cpu_collective_timeout_seconds` changes it), as
     when one process compiles faster than another (a loaded machine, a warm compilation
-    cache). The arguments' shapes must stay those of the first call.
+    cache). Every process must call with the same sequence of shapes (global batches do).
     """
-    compiled = None
+    compiled: dict = {}
 
     def call(*args):
-        nonlocal compiled
-        if compiled is None:
-            compiled = jitted.lower(*args).compile()
-            multihost.wait_for_processes(f"avjax_{name}_compiled")
-        return compiled(*args)
+        key = (
+            jax.tree.structure(args),
+            tuple((np.shape(x), np.result_type(x)) for x in jax.tree.leaves(args)),
+        )
+        exe = compiled.get(key)
+        if exe is None:
+            exe = compiled[key] = jitted.lower(*args).compile()
+            multihost.wait_for_processes(f"avjax_{name}_compiled_{len(compiled)}")
+        return exe(*args)
 
     return call
 
@@ -429,15 +434,17 @@ def _train_locked(config, workdir, task, train_iter, eval_iter_fn, evaluators) -
         )
 
     train_step = built.step
-    if jax.process_count() > 1:
-        train_step = compile_then_wait(train_step, "train_step")
     eval_step = jax.jit(task.eval_step, in_shardings=(state_sh, batch_sh), out_shardings=repl)
+    finite_fn = jax.jit(_leaf_finite, out_shardings=repl)
+    multiprocess = jax.process_count() > 1
+    if multiprocess:  # every cross-process program starts once all processes compiled it
+        train_step = compile_then_wait(train_step, "train_step")
+        eval_step = compile_then_wait(eval_step, "eval_step")
+        finite_fn = compile_then_wait(finite_fn, "finite")
 
     def next_batch():
         return shd.global_batch(next(train_iter), mesh)
 
-    finite_fn = jax.jit(_leaf_finite, out_shardings=repl)
-    multiprocess = jax.process_count() > 1
     progress = progress_lib.Progress(tc.num_steps, start)
     # Pauses the ETA leaves out; the first of each names what it compiles.
     evaluate_ = progress.excluding("evaluating", evaluate, " (compiling the eval step)")
