@@ -4,6 +4,7 @@
 #   make notebook; make app   # notebooks/quickstart executed, then the web app on its runs
 # and one on a machine with a GPU (or TPU: ACCEL=tpu):
 #   make bench-accel   # installs jax for it, runs every benchmark (< 8 min), prints a table
+#   make accel-wheels  # here, for an accelerator machine with no network: wheels into .whl/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ DEMO := workdirs/demo
 QUICKSTART := workdirs/quickstart
 PORT ?= 7860
 
-.PHONY: demo test test-fast lint format venv clean bench bench-accel notebook app browser
+.PHONY: demo test test-fast lint format venv clean bench bench-accel accel-wheels notebook app browser
 
 venv: $(STAMP)
 
@@ -72,28 +73,25 @@ BENCH_OUT ?= benchmarks/results/run_cpu
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out $(BENCH_OUT)
 
-# The accelerator set in one command from a fresh copy of the tree. The interpreter is
-# ACCEL_PY if given, else the first of .venv-accel, .venv and python3 that has avjax's
-# dependencies and whose JAX sees a GPU / TPU; without one, it creates .venv-accel with the
-# `ACCEL` extra (cuda12, cuda13 or tpu). Results under ACCEL_OUT (one JSON per benchmark,
-# the device named in each) and a printed table.
+# The accelerator set in one command from a fresh copy of the tree (scripts/bench_accel.sh:
+# the first interpreter whose JAX sees a GPU / TPU, with .whl/'s wheels where the machine
+# has no network, else a new .venv-accel with the ACCEL extra: cuda12, cuda13 or tpu).
+# Results under ACCEL_OUT (one JSON per benchmark, the device named in each) and a table.
 ACCEL ?= cuda12
-ACCEL_VENV := .venv-accel
 ACCEL_OUT ?= benchmarks/results/run_accel
-SEES_ACCEL := -c 'import flax, optax, ml_collections, jax, sys; sys.exit(jax.default_backend() == "cpu")'
 bench-accel:
-	@py="$(ACCEL_PY)"; for p in $(if $(ACCEL_PY),,$(ACCEL_VENV)/bin/python $(PY) python3); do \
-	    if [ -x "$$(command -v $$p)" ] && $$p $(SEES_ACCEL) 2>/dev/null; then py=$$p; break; fi; \
-	done; \
-	if [ -z "$$py" ]; then \
-	    echo "== installing jax[$(ACCEL)] into $(ACCEL_VENV)"; \
-	    test -x $(ACCEL_VENV)/bin/python || $(PYTHON) -m venv $(ACCEL_VENV) || exit 1; \
-	    $(ACCEL_VENV)/bin/python -m pip install -q --upgrade pip && \
-	    $(ACCEL_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[$(ACCEL)]' || exit 1; \
-	    py=$(ACCEL_VENV)/bin/python; \
-	fi; \
-	echo "== $$py: $$($$py -c 'import jax; print(jax.devices()[0].device_kind)')"; \
-	$$py benchmarks/run_all.py --accel --out $(ACCEL_OUT)
+	ACCEL=$(ACCEL) ACCEL_OUT=$(ACCEL_OUT) bash scripts/bench_accel.sh
+
+# Wheels for an accelerator machine with no network, fetched here (pip needs an index): the
+# packages the benchmarks import that a JAX GPU / TPU image may lack, at the versions of
+# constraints.txt, for that machine's Python (ACCEL_PYVER). Copy .whl/ with the tree.
+ACCEL_PYVER ?= 3.12
+ACCEL_WHEEL_PKGS := flax optax ml_collections librosa audioread decorator pooch platformdirs \
+    soxr soundfile cffi pycparser
+accel-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --implementation cp \
+	    --python-version $(ACCEL_PYVER) $(foreach n,17 27 28,--platform manylinux_2_$(n)_x86_64) \
+	    --platform manylinux2014_x86_64 -c constraints.txt -d .whl $(ACCEL_WHEEL_PKGS)
 
 clean:
-	rm -rf $(VENV) $(ACCEL_VENV) workdirs
+	rm -rf $(VENV) .venv-accel .accel-site workdirs
