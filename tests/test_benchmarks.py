@@ -3,6 +3,10 @@ time limits, their JSON gathered into one report and table, the device peaks, an
 benchmarks themselves in tiny mode."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -109,6 +113,23 @@ def test_hlo_loop_ops_counts_the_main_loop_body():
         "ops_inside_calls": 1,  # the negate of %cb
     }
     assert _common.hlo_loop_ops("HloModule m\n") == {"ops": 0}
+
+
+def test_bench_accel_refuses_an_interpreter_that_sees_no_accelerator():
+    """`make bench-accel`'s script, given this CPU-only interpreter: one error line, exit 1."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, ACCEL_PY=sys.executable, JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        ["bash", str(repo / "scripts" / "bench_accel.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: ACCEL_PY={sys.executable}: no avjax dependencies, or its JAX sees no GPU / TPU"
+    ]
 
 
 def test_every_benchmark_has_quick_and_tiny_modes():
