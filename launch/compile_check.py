@@ -181,7 +181,9 @@ def main(argv):
         config.train.steps_per_epoch = FLAGS.steps_per_epoch
     schedule.resolve_steps(config, 0)
     batch, stats = abstract_inputs(config)
-    task = make_task(config, stats)
+    if config.task == "mcav" and config.stage == "refine" and not config.motion.workdir:
+        print("note: no config.motion.workdir: stage 2 compiles with a stand-in MME (zeros)")
+    task = make_task(config, stats, dry_run=True)
     built = loop.build_train_step(config, task, devices)
     state = abstract_with_shardings(built.abstract_state, built.state_shardings)
     batch = {

@@ -2,7 +2,8 @@
 
 Accelerator time is scarce, so a program that fails only on a GPU wastes it. Each task
 family's train step (the sharded step `launch/train.py` runs, tiny config, the batch
-shapes of `abstract_inputs`) and the accelerator-mode sampler (bfloat16 / int8 weights,
+shapes of `abstract_inputs`, the task as `launch/compile_check.py` builds it: MCAV's stage
+2 with a stand-in MME) and the accelerator-mode sampler (bfloat16 / int8 weights,
 bfloat16 compute and KV cache) are traced once and lowered for CUDA and TPU; the
 lowerings must not call avjax's native kernels, which exist for CPU only.
 """
@@ -50,14 +51,17 @@ def test_every_task_family_is_covered():
     assert set(CONFIGS.values()) == set(TASKS)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", [*CONFIGS, "mcav_m3so_nb:refine"])
 def test_train_step_lowers_for_gpu_and_tpu(name):
+    name, _, stage = name.partition(":")
     config = importlib.import_module(f"configs.{name}").get_config("tiny")
     assert config.task == CONFIGS[name]
+    if stage:  # MCAV's stage 2, with the dry run's stand-in MME (no stage-1 run here)
+        config.stage = stage
     if config.train.get("steps_per_epoch", 1) is None:  # no dataset to count an epoch's batches
         config.train.steps_per_epoch = 10
     batch, stats = abstract_inputs(config)
-    built = loop.build_train_step(config, make_task(config, stats))
+    built = loop.build_train_step(config, make_task(config, stats, dry_run=True))
     state = abstract_with_shardings(built.abstract_state, built.state_shardings)
     traced = built.step.trace(state, batch)
     for platform in PLATFORMS:

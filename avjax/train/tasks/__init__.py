@@ -63,17 +63,25 @@ TASKS: dict[str, Callable[[Any, dict[str, np.ndarray]], Task]] = {
 }
 
 
-def make_task(config, stats: dict[str, np.ndarray]) -> Task:
+def make_task(config, stats: dict[str, np.ndarray], *, dry_run: bool = False) -> Task:
     """Builds the task named by `config.task` (one entry of `TASKS`).
 
     Args:
       config: the experiment config.
       stats: dataset statistics from `data_pipelines.inputs.make_inputs` (task-specific;
         for spectrogram tasks the per-mel-bin {"mean", "std"} of [0, 1] mels, [F] each).
+      dry_run: for compiling only (`launch/compile_check.py`): where the task would read
+        another run that is not named, it takes a stand-in of the right shapes (MCAV's
+        stage 2 without `config.motion.workdir`: a zero MME).
     """
     factory = TASKS.get(config.task)
     if factory is None:
         raise ValueError(
             f"config.task: unknown task {config.task!r}; expected one of {tuple(TASKS)}"
         )
+    mcav_stage2 = config.task == "mcav" and config.stage == "refine"
+    if dry_run and mcav_stage2 and not config.motion.workdir:
+        task = MCAVTask.from_config(config, stats, load_mme=False)
+        task.frozen_mme = task.stand_in_mme()
+        return task
     return factory(config, stats)

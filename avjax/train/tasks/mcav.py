@@ -239,6 +239,13 @@ class MCAVTask:
             frozen={"mme": frozen},
         )
 
+    def stand_in_mme(self) -> dict:
+        """Zeros in the shapes of MME's {"params", "batch_stats"}: for compiling stage 2
+        without a stage-1 run (`launch/compile_check.py`); set as `frozen_mme`."""
+        x, f, a = self._dummy()
+        shapes = jax.eval_shape(lambda: self.mme.init(jax.random.PRNGKey(0), x, f, a, train=False))
+        return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
+
     def trainable_params(self, state) -> dict:
         return state["params"]
 
