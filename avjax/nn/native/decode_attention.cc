@@ -96,12 +96,8 @@ ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
 
   const int64_t threads = avjax_native::Threads(pool, max_threads);
   const int64_t by_work = std::max<int64_t>(1, rows * 2 * (n + 1) * d / kMinFloatsPerChunk);
-  const int64_t wanted = std::min({threads, rows, by_work});
-  const int64_t per_chunk = (rows + wanted - 1) / wanted;
-  const int64_t chunks = (rows + per_chunk - 1) / per_chunk;
-  avjax_native::RunChunks(pool, chunks, [&a, per_chunk](int64_t c) {
-    const int64_t r1 = std::min(a.rows, (c + 1) * per_chunk);
-    for (int64_t r = c * per_chunk; r < r1; ++r) Row(a, r);
+  avjax_native::RunRanges(pool, rows, 1, std::min(threads, by_work), [&a](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) Row(a, r);
   });
   return ffi::Error::Success();
 }

@@ -282,15 +282,9 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const TileFn fn = Pick(isa);
 
   const int64_t threads = avjax_native::Threads(pool, max_threads);
-  const int64_t lines = (n + kChunkAlign - 1) / kChunkAlign;
   const int64_t by_work = std::max<int64_t>(1, k * n * m / kMinWorkPerChunk);
-  const int64_t wanted = std::min({threads, lines, by_work});
-  const int64_t per_chunk = (lines + wanted - 1) / wanted * kChunkAlign;
-  const int64_t chunks = (n + per_chunk - 1) / per_chunk;  // none empty
-  avjax_native::RunChunks(pool, chunks, [&p, fn, per_chunk](int64_t c) {
-    const int64_t n0 = c * per_chunk;
-    Range(p, fn, n0, std::min(p.n, n0 + per_chunk));
-  });
+  avjax_native::RunRanges(pool, n, kChunkAlign, std::min(threads, by_work),
+                          [&p, fn](int64_t n0, int64_t n1) { Range(p, fn, n0, n1); });
   return ffi::Error::Success();
 }
 

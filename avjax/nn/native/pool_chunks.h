@@ -2,6 +2,7 @@
 // per-thread scratch buffer (avjax/nn/native).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -70,6 +71,21 @@ void RunChunks(xla::ffi::ThreadPool& pool, int64_t chunks, Chunk chunk) {
       std::this_thread::yield();
     }
   }
+}
+
+// Runs range(lo, hi) over [0, units) cut into at most `max_chunks` contiguous ranges, none
+// empty, each starting on a multiple of `align` (cache lines of a row, say).
+template <typename Range>
+void RunRanges(xla::ffi::ThreadPool& pool, int64_t units, int64_t align, int64_t max_chunks,
+               Range range) {
+  const int64_t blocks = (units + align - 1) / align;
+  const int64_t wanted = std::max<int64_t>(1, std::min(max_chunks, blocks));
+  const int64_t per_chunk = (blocks + wanted - 1) / wanted * align;
+  const int64_t chunks = (units + per_chunk - 1) / per_chunk;
+  RunChunks(pool, chunks, [&range, per_chunk, units](int64_t c) {
+    const int64_t lo = c * per_chunk;
+    range(lo, std::min(units, lo + per_chunk));
+  });
 }
 
 }  // namespace avjax_native
