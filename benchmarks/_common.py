@@ -13,6 +13,7 @@ called when this module is imported.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -204,35 +205,27 @@ def hlo_loop_ops(text: str) -> dict:
     bytes of the weights, can bound a sampler.
     """
     comps = _hlo_computations(text)
-    bodies = [
-        m[1]
-        for ins in comps.values()
-        for _, line in ins
-        for m in [re.search(r"body=%?([\w.\-]+)", line)]
-        if m
-    ]
+    bodies = re.findall(r"\bbody=%?([\w.\-]+)", text)
     if not bodies:
         return {"ops": 0}
     body = max(bodies, key=lambda b: len(comps.get(b, [])))
     work = [(op, line) for op, line in comps.get(body, []) if op not in _FREE_OPS]
-    by_op: dict[str, int] = {}
-    targets: dict[str, int] = {}
-    in_calls = 0
-    for op, line in work:
-        by_op[op] = by_op.get(op, 0) + 1
-        if op == "custom-call":
-            t = re.search(r'custom_call_target="([^"]+)"', line)
-            targets[t[1] if t else "?"] = targets.get(t[1] if t else "?", 0) + 1
-        if op == "call":
-            callee = re.search(r"to_apply=%?([\w.\-]+)", line)
-            callee_ops = comps.get(callee[1], []) if callee else []
-            in_calls += sum(o not in _FREE_OPS for o, _ in callee_ops)
+    by_op = collections.Counter(op for op, _ in work)
+    target = lambda line: (re.findall(r'custom_call_target="([^"]+)"', line) or ["?"])[0]
+    callee = lambda line: (re.findall(r"to_apply=%?([\w.\-]+)", line) or [""])[0]
     return {
         "ops": len(work),
-        "by_opcode": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
-        "custom_call_targets": targets,
-        "nested_loops": by_op.get("while", 0),
-        "ops_inside_calls": in_calls,
+        "by_opcode": dict(by_op.most_common()),
+        "custom_call_targets": dict(
+            collections.Counter(target(line) for op, line in work if op == "custom-call")
+        ),
+        "nested_loops": by_op["while"],
+        "ops_inside_calls": sum(
+            o not in _FREE_OPS
+            for op, line in work
+            if op == "call"
+            for o, _ in comps.get(callee(line), [])
+        ),
     }
 
 
