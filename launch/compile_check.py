@@ -12,6 +12,10 @@ exit status 0 when it fits, 1 with one `error:` line naming what does not fit or
 divide (batch over the data axes and processes, mesh over the devices, the same checks
 `launch/train.py` makes before anything else).
 
+A config whose task reads another run that is not named compiles with a stand-in of its
+shapes (MCAV's stage 2 without `--config.motion.workdir`: a zero MME; `make_task`'s
+`dry_run`).
+
 Topologies: `cpu:N` (N fake CPU devices), a TPU slice (`v5e-64` or `v5e-8x8`, `v4-32` or
 `v4-2x2x4`, `v5p-128`, `v6e-16`; needs the `libtpu` wheel, `pip install libtpu`, and no
 TPU), or `local` (the devices present, e.g. on a GPU machine). A paper-sized model takes
@@ -181,9 +185,7 @@ def main(argv):
         config.train.steps_per_epoch = FLAGS.steps_per_epoch
     schedule.resolve_steps(config, 0)
     batch, stats = abstract_inputs(config)
-    if config.task == "mcav" and config.stage == "refine" and not config.motion.workdir:
-        print("note: no config.motion.workdir: stage 2 compiles with a stand-in MME (zeros)")
-    task = make_task(config, stats, dry_run=True)
+    task = make_task(config, stats, dry_run=True)  # stand-ins for runs not named (MCAV)
     built = loop.build_train_step(config, task, devices)
     state = abstract_with_shardings(built.abstract_state, built.state_shardings)
     batch = {

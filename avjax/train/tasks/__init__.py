@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,12 @@ TASKS: dict[str, Callable[[Any, dict[str, np.ndarray]], Task]] = {
     "mcav": MCAVTask.from_config,
 }
 
+# Families whose task reads another run: for compiling only, a stand-in of its shapes
+# where that run is not named (MCAV's stage 2 without `config.motion.workdir`).
+DRY_RUN_TASKS: dict[str, Callable[[Any, dict[str, np.ndarray]], Task]] = {
+    "mcav": functools.partial(MCAVTask.from_config, dry_run=True),
+}
+
 
 def make_task(config, stats: dict[str, np.ndarray], *, dry_run: bool = False) -> Task:
     """Builds the task named by `config.task` (one entry of `TASKS`).
@@ -70,18 +77,14 @@ def make_task(config, stats: dict[str, np.ndarray], *, dry_run: bool = False) ->
       config: the experiment config.
       stats: dataset statistics from `data_pipelines.inputs.make_inputs` (task-specific;
         for spectrogram tasks the per-mel-bin {"mean", "std"} of [0, 1] mels, [F] each).
-      dry_run: for compiling only (`launch/compile_check.py`): where the task would read
-        another run that is not named, it takes a stand-in of the right shapes (MCAV's
-        stage 2 without `config.motion.workdir`: a zero MME).
+      dry_run: for compiling only (`launch/compile_check.py`): the `DRY_RUN_TASKS`
+        factory where there is one.
     """
     factory = TASKS.get(config.task)
     if factory is None:
         raise ValueError(
             f"config.task: unknown task {config.task!r}; expected one of {tuple(TASKS)}"
         )
-    mcav_stage2 = config.task == "mcav" and config.stage == "refine"
-    if dry_run and mcav_stage2 and not config.motion.workdir:
-        task = MCAVTask.from_config(config, stats, load_mme=False)
-        task.frozen_mme = task.stand_in_mme()
-        return task
+    if dry_run:
+        factory = DRY_RUN_TASKS.get(config.task, factory)
     return factory(config, stats)

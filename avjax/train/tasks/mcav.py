@@ -171,12 +171,16 @@ class MCAVTask:
         self._predict_first = jax.jit(self._first_clips, static_argnums=2)
 
     @classmethod
-    def from_config(cls, config, stats=None, *, load_mme: bool = True) -> MCAVTask:
+    def from_config(
+        cls, config, stats=None, *, load_mme: bool = True, dry_run: bool = False
+    ) -> MCAVTask:
         """Builds the stage `config.stage` of an experiment config (`configs/mcav_*.py`).
 
         Stage "refine" reads MME from `config.motion.workdir` (`load_motion`) unless
         `load_mme` is False: enough to predict from a trained state, which carries its MME
-        (evaluation), but such a task cannot `init`.
+        (evaluation), but such a task cannot `init`. `dry_run` (compiling only,
+        `launch/compile_check.py`): with no `config.motion.workdir`, a zero MME of the
+        right shapes stands in (`stand_in_mme`).
         """
         del stats  # MCAV needs no dataset statistics
         if config.stage not in STAGES:
@@ -188,9 +192,11 @@ class MCAVTask:
             field = "motion_lr" if config.stage == "motion" else "refine_lr"
             raise UserError(f"config.optim.{field}={lr!r}: the learning rate must be > 0")
         tx = optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
-        frozen = load_motion(config) if config.stage == "refine" and load_mme else None
+        needs_mme = config.stage == "refine" and load_mme
+        stand_in = needs_mme and dry_run and not config.motion.workdir
+        frozen = load_motion(config) if needs_mme and not stand_in else None
         d = config.data
-        return cls(
+        task = cls(
             mme,
             car,
             config.stage,
@@ -205,6 +211,9 @@ class MCAVTask:
             fps=d.fps,
             unroll=config.model.scan_unroll,
         )
+        if stand_in:
+            task.frozen_mme = task.stand_in_mme()
+        return task
 
     # ----------------------------------------------------------------------------- state
     def _dummy(self):
